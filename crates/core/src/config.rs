@@ -151,6 +151,10 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment's Jail fixes the closures' error type"
+)]
 mod tests {
     use figment::Jail;
 
@@ -209,7 +213,10 @@ mod tests {
                 .env_names(&["PORT"])
                 .load::<Config>()
                 .expect_err("negative port");
-            assert!(err.to_string().starts_with("invalid setting `PORT`"), "{err}");
+            assert!(
+                err.to_string().starts_with("invalid setting `PORT`"),
+                "{err}"
+            );
             Ok(())
         });
     }
@@ -236,7 +243,10 @@ mod tests {
     fn secrets_never_print() {
         let c = defaults();
         assert!(!format!("{c:?}").contains("pw"));
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
         assert_eq!(redact_url("amqp://guest@h/%2f"), "amqp://guest@h/%2f");
     }

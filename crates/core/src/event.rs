@@ -176,8 +176,16 @@ mod tests {
     #[test]
     fn accepts_the_three_body_shapes() {
         assert_eq!(parse_batch(&good()).expect("single").len(), 1);
-        assert_eq!(parse_batch(&json!([good(), good()])).expect("array").len(), 2);
-        assert_eq!(parse_batch(&json!({"events": [good()]})).expect("wrapped").len(), 1);
+        assert_eq!(
+            parse_batch(&json!([good(), good()])).expect("array").len(),
+            2
+        );
+        assert_eq!(
+            parse_batch(&json!({"events": [good()]}))
+                .expect("wrapped")
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -186,7 +194,10 @@ mod tests {
         bad["topic"] = json!("");
         let err = parse_batch(&json!({"events": [good(), bad]})).expect_err("bad topic");
         assert_eq!((err.index, err.field.as_str()), (Some(1), "topic"));
-        assert_eq!(err.to_string(), "event 1: `topic` must be 1 to 255 characters long");
+        assert_eq!(
+            err.to_string(),
+            "event 1: `topic` must be 1 to 255 characters long"
+        );
     }
 
     #[test]
@@ -216,7 +227,12 @@ mod tests {
     #[test]
     fn rejects_an_empty_batch_and_a_non_list() {
         assert_eq!(parse_batch(&json!([])).expect_err("empty").field, "events");
-        assert_eq!(parse_batch(&json!({"events": 3})).expect_err("non-list").field, "events");
+        assert_eq!(
+            parse_batch(&json!({"events": 3}))
+                .expect_err("non-list")
+                .field,
+            "events"
+        );
         assert_eq!(parse_batch(&json!("x")).expect_err("string").field, "body");
     }
 
@@ -224,7 +240,12 @@ mod tests {
     fn missing_payload_defaults_to_empty_object() {
         let mut e = good();
         e.as_object_mut().expect("object").remove("payload");
-        assert!(Event::from_json(&e, None).expect("valid").payload.is_empty());
+        assert!(
+            Event::from_json(&e, None)
+                .expect("valid")
+                .payload
+                .is_empty()
+        );
     }
 
     #[test]

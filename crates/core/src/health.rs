@@ -62,11 +62,19 @@ impl HealthReport {
     /// The JSON body of `/health`.
     pub fn to_json(&self) -> Value {
         let mut body = Map::new();
-        let status = if self.healthy() { "healthy" } else { "unhealthy" };
+        let status = if self.healthy() {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
         body.insert("status".into(), status.into());
         let mut errors = Map::new();
         for (name, failure) in &self.failures {
-            let state = if failure.is_some() { "disconnected" } else { "connected" };
+            let state = if failure.is_some() {
+                "disconnected"
+            } else {
+                "connected"
+            };
             body.insert(name.clone(), state.into());
             if let Some(reason) = failure {
                 errors.insert(name.clone(), reason.clone().into());
@@ -128,7 +136,10 @@ impl Health {
             (name.clone(), outcome)
         });
         HealthReport {
-            failures: futures::future::join_all(checks).await.into_iter().collect(),
+            failures: futures::future::join_all(checks)
+                .await
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -164,7 +175,12 @@ impl Health {
         }
         let report = self.report().await;
         let mut body = report.to_json();
-        body["status"] = if report.healthy() { "ready" } else { "not_ready" }.into();
+        body["status"] = if report.healthy() {
+            "ready"
+        } else {
+            "not_ready"
+        }
+        .into();
         (status_code(report.healthy()), Json(body))
     }
 }
@@ -188,7 +204,9 @@ mod tests {
         let req = Request::get(path).body(Body::empty()).expect("request");
         let resp = app.oneshot(req).await.expect("response");
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
         (status, serde_json::from_slice(&body).expect("json"))
     }
 
@@ -230,11 +248,20 @@ mod tests {
     #[tokio::test]
     async fn ready_only_after_start_and_until_shutdown() {
         let health = Health::new().with_probe("db", || async { Ok(()) });
-        assert_eq!(get_json(health.router(), "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_json(health.router(), "/ready").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         health.set_ready(true);
         let (status, body) = get_json(health.router(), "/ready").await;
-        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ready")));
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("ready"))
+        );
         health.set_ready(false);
-        assert_eq!(get_json(health.router(), "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_json(health.router(), "/ready").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

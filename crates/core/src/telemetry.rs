@@ -34,7 +34,11 @@ pub fn init_json_logs(service: &str) {
         .try_init()
         .is_ok();
     if installed {
-        tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "logging started");
+        tracing::info!(
+            service,
+            version = env!("CARGO_PKG_VERSION"),
+            "logging started"
+        );
     }
 }
 
@@ -167,16 +171,27 @@ mod tests {
             .route("/hello/{name}", get(|| async { "hi" }))
             .merge(metrics.router())
             .layer(middleware::from_fn_with_state(http, HttpMetrics::track));
-        let req = Request::get("/hello/x").body(Body::empty()).expect("request");
+        let req = Request::get("/hello/x")
+            .body(Body::empty())
+            .expect("request");
         let resp = app.clone().oneshot(req).await.expect("response");
         assert_eq!(resp.status(), 200);
-        let req = Request::get("/metrics").body(Body::empty()).expect("request");
+        let req = Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request");
         let resp = app.oneshot(req).await.expect("response");
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
         let text = String::from_utf8(body.to_vec()).expect("utf8");
-        assert!(text.contains(r#"sluice_build_info{service="test""#), "{text}");
         assert!(
-            text.contains(r#"http_requests_total{method="GET",route="/hello/{name}",status="200"} 1"#),
+            text.contains(r#"sluice_build_info{service="test""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="GET",route="/hello/{name}",status="200"} 1"#
+            ),
             "{text}"
         );
     }

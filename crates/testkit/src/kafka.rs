@@ -62,7 +62,12 @@ impl TestKafka {
             .admin
             .create_topics([&topic], &opts)
             .await
-            .with_context(|| format!("creating topic {name} on {} (run scripts/deps.sh)", self.bootstrap))?;
+            .with_context(|| {
+                format!(
+                    "creating topic {name} on {} (run scripts/deps.sh)",
+                    self.bootstrap
+                )
+            })?;
         for result in results {
             if let Err((topic, code)) = result {
                 bail!("creating topic {topic}: {code}");

@@ -137,7 +137,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Closes with a reset, so the client sees "connection reset" rather than a clean EOF.
-#[expect(deprecated, reason = "linger 0 resets at once; the blocking close it warns of needs a timeout > 0")]
+#[expect(
+    deprecated,
+    reason = "linger 0 resets at once; the blocking close it warns of needs a timeout > 0"
+)]
 fn reset(stream: TcpStream) {
     let _ = stream.set_linger(Some(Duration::ZERO));
 }
@@ -162,11 +165,7 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Copies one direction until EOF or error; the connection ends when either direction does.
-async fn pipe(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    shared: &Shared,
-) {
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shared: &Shared) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {

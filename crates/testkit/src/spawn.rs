@@ -69,7 +69,9 @@ impl ChildService {
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("spawning {command:?}"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = oneshot::channel();
@@ -78,9 +80,15 @@ impl ChildService {
             Ok(Ok(addr)) => addr,
             Ok(Err(_)) => {
                 let status = child.wait().await?;
-                bail!("child exited ({status}) before listening; logs: {:?}", lines(&logs));
+                bail!(
+                    "child exited ({status}) before listening; logs: {:?}",
+                    lines(&logs)
+                );
             }
-            Err(_) => bail!("child not listening within {timeout:?}; logs: {:?}", lines(&logs)),
+            Err(_) => bail!(
+                "child not listening within {timeout:?}; logs: {:?}",
+                lines(&logs)
+            ),
         };
         Ok(Self { child, addr, logs })
     }
@@ -172,8 +180,12 @@ mod tests {
 
     #[test]
     fn reads_the_address_from_the_listening_line() {
-        let line = r#"{"timestamp":"t","level":"INFO","message":"listening","addr":"127.0.0.1:4321"}"#;
-        assert_eq!(listening_addr(line), Some("127.0.0.1:4321".parse().expect("addr")));
+        let line =
+            r#"{"timestamp":"t","level":"INFO","message":"listening","addr":"127.0.0.1:4321"}"#;
+        assert_eq!(
+            listening_addr(line),
+            Some("127.0.0.1:4321".parse().expect("addr"))
+        );
         assert_eq!(listening_addr(r#"{"message":"started"}"#), None);
         assert_eq!(listening_addr("not json"), None);
     }

@@ -9,8 +9,7 @@ use axum::{Router, extract::Query, routing::get};
 use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 use sluice_core::{
-    config::ConfigLoader, health::Health, http::HttpServer, shutdown, telemetry,
-    telemetry::Metrics,
+    config::ConfigLoader, health::Health, http::HttpServer, shutdown, telemetry, telemetry::Metrics,
 };
 
 #[derive(Debug, Serialize, Deserialize)]

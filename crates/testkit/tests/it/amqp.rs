@@ -66,7 +66,10 @@ async fn confirmed_publish_is_consumed_and_the_queue_is_deleted_afterwards() -> 
             FieldTable::default(),
         )
         .await;
-    assert!(passive.is_err(), "queue {queue} still exists after the test");
+    assert!(
+        passive.is_err(),
+        "queue {queue} still exists after the test"
+    );
     Ok(())
 }
 

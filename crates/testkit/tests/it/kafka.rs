@@ -48,9 +48,11 @@ async fn produced_records_are_consumed_by_a_group_that_commits_its_offset() -> a
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(last_offset + 1))?;
     // A commit may meet a rebalance in progress, as on real Kafka: retry until the deadline.
-    eventually("offset commit accepted", Duration::from_secs(30), || async {
-        consumer.commit(&tpl, CommitMode::Sync).ok()
-    })
+    eventually(
+        "offset commit accepted",
+        Duration::from_secs(30),
+        || async { consumer.commit(&tpl, CommitMode::Sync).ok() },
+    )
     .await?;
 
     let committed = consumer.committed(Duration::from_secs(10))?;

@@ -12,12 +12,18 @@ async fn documents_round_trip_and_transactions_commit_or_abort() -> anyhow::Resu
 
     let mut session = mongo.client().start_session().await?;
     session.start_transaction().await?;
-    coll.insert_one(doc! {"_id": "c2"}).session(&mut session).await?;
-    coll.insert_one(doc! {"_id": "c3"}).session(&mut session).await?;
+    coll.insert_one(doc! {"_id": "c2"})
+        .session(&mut session)
+        .await?;
+    coll.insert_one(doc! {"_id": "c3"})
+        .session(&mut session)
+        .await?;
     session.commit_transaction().await?;
 
     session.start_transaction().await?;
-    coll.insert_one(doc! {"_id": "c4"}).session(&mut session).await?;
+    coll.insert_one(doc! {"_id": "c4"})
+        .session(&mut session)
+        .await?;
     session.abort_transaction().await?;
 
     let ids: Vec<String> = coll
@@ -39,7 +45,11 @@ async fn two_tests_use_two_databases_and_each_is_dropped() -> anyhow::Result<()>
         .collection::<Document>("x")
         .insert_one(doc! {"v": 1})
         .await?;
-    let in_b = b.database().collection::<Document>("x").count_documents(doc! {}).await?;
+    let in_b = b
+        .database()
+        .collection::<Document>("x")
+        .count_documents(doc! {})
+        .await?;
     assert_eq!(in_b, 0);
 
     let name = a.database().name().to_owned();

@@ -33,7 +33,10 @@ async fn migrated_database_round_trips_a_row_and_is_dropped_afterwards() -> anyh
     )
     .execute(db.pool())
     .await;
-    assert!(dup.is_err(), "UNIQUE(topic, event_id) must reject a duplicate");
+    assert!(
+        dup.is_err(),
+        "UNIQUE(topic, event_id) must reject a duplicate"
+    );
 
     let witness = TestDatabase::create_empty().await?;
     let name = db.name().to_owned();

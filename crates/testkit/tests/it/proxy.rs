@@ -29,10 +29,17 @@ async fn cuts_refuses_and_restores_connections_to_a_real_server() -> anyhow::Res
     proxy.cut();
     assert!(ping(&mut conn).await.is_err(), "a cut connection fails");
     let mut fresh = connect(&proxy).await?;
-    assert_eq!(ping(&mut fresh).await?, "PONG", "new connections pass after a cut");
+    assert_eq!(
+        ping(&mut fresh).await?,
+        "PONG",
+        "new connections pass after a cut"
+    );
 
     proxy.refuse();
-    assert!(ping(&mut fresh).await.is_err(), "refuse also cuts open connections");
+    assert!(
+        ping(&mut fresh).await.is_err(),
+        "refuse also cuts open connections"
+    );
     let refused = async { ping(&mut connect(&proxy).await?).await };
     assert!(refused.await.is_err(), "new connections are refused");
 
@@ -50,7 +57,11 @@ async fn adds_latency_in_both_directions() -> anyhow::Result<()> {
     let start = Instant::now();
     assert_eq!(ping(&mut conn).await?, "PONG");
     // One chunk each way, each delayed: a functional check that delay is applied, not a speed test.
-    assert!(start.elapsed() >= Duration::from_millis(200), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
     proxy.restore();
     assert_eq!(ping(&mut conn).await?, "PONG");
     Ok(())

@@ -23,18 +23,32 @@ async fn child_on_port_zero_serves_health_and_metrics_and_stops_gracefully_on_si
 
     // A request in flight when SIGTERM arrives still gets its answer.
     let slow = tokio::spawn(http.get(child.url("/slow?ms=300")).send());
-    sluice_testkit::eventually("slow request in flight", Duration::from_secs(10), || async {
-        let metrics = reqwest::get(child.url("/metrics")).await.ok()?.text().await.ok()?;
-        metrics
-            .contains("demo_slow_requests_in_flight 1")
-            .then_some(())
-    })
+    sluice_testkit::eventually(
+        "slow request in flight",
+        Duration::from_secs(10),
+        || async {
+            let metrics = reqwest::get(child.url("/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .contains("demo_slow_requests_in_flight 1")
+                .then_some(())
+        },
+    )
     .await?;
     let status = child.terminate(Duration::from_secs(10)).await?;
     let answer = slow.await??;
     assert_eq!(answer.text().await?, "done");
     assert!(status.success(), "exit status {status}");
-    assert!(child.logs().iter().any(|l| l.contains(r#""message":"stopped""#)));
+    assert!(
+        child
+            .logs()
+            .iter()
+            .any(|l| l.contains(r#""message":"stopped""#))
+    );
     Ok(())
 }
 

@@ -1,0 +1,69 @@
+# sluice — one entry point for running, testing and benchmarking. `make help` lists targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# Services built so far: directory under services/ = package sluice-<name> (see scripts/run.sh).
+SERVICES :=
+LOG := .deps/make-test.log
+
+.PHONY: help up down deps deps-up run stop test lint lint-deploy fmt bench doc
+
+help: ## list the targets
+	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+up: ## the whole stack in containers (docker compose up)
+	docker compose up -d
+	docker compose ps
+
+down: ## stop the containers
+	docker compose down
+
+deps: ## install and start the local dependency servers (no Docker needed)
+	@scripts/deps.sh
+
+deps-up: ## dependencies only, in containers, for `cargo run -p …`
+	docker compose up -d postgres redis rabbitmq kafka mongo
+
+run: deps ## the stack without Docker: dependency servers + every service as a process
+	@scripts/run.sh start $(SERVICES)
+
+stop: ## stop what `make run` started
+	@scripts/run.sh stop
+
+dev-%: deps ## run one service from source against local dependencies (make dev-aggregator)
+	$(CARGO) run -p sluice-$*
+
+# Quiet on success, loud on failure: each step's output goes to $(LOG) and is shown when it fails.
+test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + all tests
+	@mkdir -p .deps; : > $(LOG)
+	@step() { echo "== $$1" >> $(LOG); shift; if ! "$$@" >> $(LOG) 2>&1; then cat $(LOG); echo "FAILED: $$*"; exit 1; fi; }; \
+	step "format" $(CARGO) fmt --all --check; \
+	step "clippy" $(CARGO) clippy --workspace --all-targets --locked -- -D warnings; \
+	step "deploy files" $(MAKE) --no-print-directory lint-deploy; \
+	step "doc tests" $(CARGO) test --workspace --doc --locked; \
+	echo "format, clippy, deploy files, doc tests: ok"
+	@if command -v cargo-nextest >/dev/null; then \
+	  $(CARGO) nextest run --workspace --locked --status-level fail --final-status-level slow --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --locked; \
+	fi
+
+lint: lint-deploy ## format check, clippy -D warnings, compose and alert rules
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+lint-deploy:
+	docker-compose -f compose.yaml config -q
+	promtool check config deploy/prometheus/prometheus.yml >/dev/null
+	promtool test rules deploy/prometheus/alerts.test.yml >/dev/null
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+bench: deps ## benchmarks; figures go to docs/benchmarks.md
+	$(CARGO) bench --workspace
+
+doc: ## API documentation
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
