@@ -1,0 +1,61 @@
+use std::time::Duration;
+
+/// Every refusal and failure of sluice-resilience.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The breaker is open (or half-open with every probe slot taken): the call was not made.
+    #[error("circuit breaker `{name}` is open; retry in {retry_in:?}")]
+    CircuitOpen { name: String, retry_in: Duration },
+
+    /// The bulkhead's running slots and its wait queue are both full.
+    #[error("bulkhead `{name}` is full: {max_concurrent} running and {max_queue} waiting")]
+    BulkheadFull {
+        name: String,
+        max_concurrent: usize,
+        max_queue: usize,
+    },
+
+    /// A caller waited in the bulkhead's queue longer than allowed.
+    #[error("bulkhead `{name}`: no slot free within {waited:?}")]
+    BulkheadTimeout { name: String, waited: Duration },
+
+    /// The rate limit is reached; the caller may try again after `retry_after`.
+    #[error("rate limit reached; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+
+    /// The limiter's shared store could not be asked and the limiter fails closed.
+    #[error("rate limiter store unavailable: {reason}")]
+    StoreUnavailable { reason: String },
+
+    /// A limiter or breaker was configured with values that make no sense.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidConfig {
+        setting: &'static str,
+        reason: String,
+    },
+
+    /// A metric could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Error {
+    /// How long the caller should wait before trying again, when the refusal says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::CircuitOpen { retry_in, .. } => Some(*retry_in),
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
