@@ -1,0 +1,153 @@
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use redis::{Client, aio::ConnectionManager};
+use sluice_resilience::{Error, FailureMode, RedisLimiter};
+use sluice_testkit::{FaultProxy, TestRedis, eventually};
+
+const WORKER_ENV: &str = "SLUICE_LIMITER_WORKER";
+
+fn redis_addr() -> SocketAddr {
+    std::env::var("SLUICE_TEST_REDIS_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:6379".into())
+        .parse()
+        .expect("SLUICE_TEST_REDIS_ADDR is host:port")
+}
+
+async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+    Ok(ConnectionManager::new(Client::open(url)?).await?)
+}
+
+fn unix_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[tokio::test]
+async fn burst_then_refusal_with_retry_after() -> anyhow::Result<()> {
+    let redis = TestRedis::create().await?;
+    let limiter = RedisLimiter::new(redis.conn(), redis.prefix(), 1.0, 5)?;
+    for i in 0..5 {
+        limiter.check("client").await.map_err(|e| anyhow::anyhow!("request {i}: {e}"))?;
+    }
+    match limiter.check("client").await {
+        Err(Error::RateLimited { retry_after }) => {
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+        }
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    limiter.check("another-client").await?;
+    assert!(limiter.check_n("big", 6).await.is_err(), "a cost above the burst never fits");
+    Ok(())
+}
+
+/// Three OS processes share one limit for 3 s: the total admitted must be rate × time + burst
+/// within ±5 %.
+#[tokio::test]
+async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
+    const RATE: f64 = 200.0;
+    const BURST: u32 = 20;
+    const DURATION_MS: u64 = 3_000;
+    let redis = TestRedis::create().await?;
+    let start_at = unix_ms() + 1_500;
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["--exact", "redis_limiter::limiter_worker", "--ignored", "--nocapture"])
+            .env(WORKER_ENV, "1")
+            .env("WORKER_REDIS_URL", redis.url())
+            .env("WORKER_PREFIX", redis.prefix())
+            .env("WORKER_START_AT_MS", start_at.to_string())
+            .env("WORKER_DURATION_MS", DURATION_MS.to_string())
+            .env("WORKER_RATE", RATE.to_string())
+            .env("WORKER_BURST", BURST.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        children.push(child);
+    }
+    let mut total = 0u64;
+    let mut per_process = Vec::new();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "worker failed: {stdout}");
+        let admitted: u64 = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ADMITTED "))
+            .ok_or_else(|| anyhow::anyhow!("no ADMITTED line in {stdout}"))?
+            .trim()
+            .parse()?;
+        per_process.push(admitted);
+        total += admitted;
+    }
+    let expected = RATE * DURATION_MS as f64 / 1000.0 + f64::from(BURST);
+    let error = (total as f64 - expected).abs() / expected;
+    eprintln!("admitted {total} ({per_process:?}), expected {expected}, error {:.2}%", error * 100.0);
+    assert!(per_process.iter().all(|n| *n > 0), "every process got a share: {per_process:?}");
+    assert!(error <= 0.05, "admitted {total}, expected {expected} ± 5%");
+    Ok(())
+}
+
+/// The body of one worker process of the test above; run only by it (`--ignored`).
+#[tokio::test]
+#[ignore = "a worker process spawned by one_limit_is_shared_by_three_processes"]
+async fn limiter_worker() -> anyhow::Result<()> {
+    anyhow::ensure!(std::env::var(WORKER_ENV).is_ok(), "run by one_limit_is_shared_by_three_processes only");
+    let var = |name: &str| std::env::var(name).map_err(|_| anyhow::anyhow!("{name} not set"));
+    let conn = connect(&var("WORKER_REDIS_URL")?).await?;
+    let limiter = RedisLimiter::new(conn, var("WORKER_PREFIX")?, var("WORKER_RATE")?.parse()?, var("WORKER_BURST")?.parse()?)?
+        .with_failure_mode(FailureMode::Closed)
+        .with_timeout(Duration::from_secs(2));
+    let start_at: u64 = var("WORKER_START_AT_MS")?.parse()?;
+    let end_at = start_at + var("WORKER_DURATION_MS")?.parse::<u64>()?;
+    // All workers begin at the same wall-clock instant.
+    tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(unix_ms()))).await;
+    let mut admitted = 0u64;
+    while unix_ms() < end_at {
+        match limiter.check("shared").await {
+            Ok(()) => admitted += 1,
+            Err(Error::RateLimited { retry_after }) => {
+                let left = Duration::from_millis(end_at.saturating_sub(unix_ms()));
+                tokio::time::sleep(retry_after.min(left)).await;
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    println!("ADMITTED {admitted}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_open_or_closed_as_configured_and_recovers() -> anyhow::Result<()> {
+    let redis = TestRedis::create().await?;
+    let proxy = FaultProxy::start(redis_addr()).await?;
+    let conn = connect(&format!("redis://{}", proxy.addr())).await?;
+    let timeout = Duration::from_millis(200);
+    let open = RedisLimiter::new(conn.clone(), redis.prefix(), 1.0, 1)?
+        .with_failure_mode(FailureMode::Open)
+        .with_timeout(timeout);
+    let closed = RedisLimiter::new(conn, redis.prefix(), 1.0, 1)?
+        .with_failure_mode(FailureMode::Closed)
+        .with_timeout(timeout);
+    open.check("a").await?;
+    assert!(matches!(open.check("a").await, Err(Error::RateLimited { .. })), "limit applies while Redis answers");
+
+    proxy.refuse();
+    open.check("a").await.expect("fails open: admitted without Redis");
+    match closed.check("b").await {
+        Err(Error::StoreUnavailable { .. }) => {}
+        other => panic!("expected StoreUnavailable, got {other:?}"),
+    }
+    assert!(open.store_failures() >= 1 && closed.store_failures() >= 1);
+
+    proxy.restore();
+    eventually("limiter reaches Redis again", Duration::from_secs(20), || async {
+        closed.check("c").await.ok()
+    })
+    .await?;
+    Ok(())
+}
