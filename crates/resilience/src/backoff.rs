@@ -64,7 +64,11 @@ impl Backoff {
 
     /// Growth per attempt (values below 1 are taken as 1).
     pub fn with_factor(mut self, factor: f64) -> Self {
-        self.factor = if factor.is_finite() { factor.max(1.0) } else { 1.0 };
+        self.factor = if factor.is_finite() {
+            factor.max(1.0)
+        } else {
+            1.0
+        };
         self
     }
 
@@ -105,7 +109,9 @@ impl Backoff {
     /// The delays, in order.
     pub fn delays(&self) -> Delays {
         Delays {
-            rng: self.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
+            rng: self
+                .seed
+                .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
             backoff: self.clone(),
             attempt: 0,
             previous: self.base,

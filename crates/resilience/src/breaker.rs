@@ -41,8 +41,8 @@ use std::{
 };
 
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService, Classify, ErrorsOnly};
-pub use registry::BreakerRegistry;
 use registry::BreakerMetrics;
+pub use registry::BreakerRegistry;
 use tokio::time::Instant;
 use window::Window;
 
@@ -207,7 +207,11 @@ impl CircuitBreaker {
         let config = if config.validate().is_ok() {
             config
         } else {
-            tracing::warn!(breaker = name, ?config, "invalid breaker config; using the database preset");
+            tracing::warn!(
+                breaker = name,
+                ?config,
+                "invalid breaker config; using the database preset"
+            );
             BreakerConfig::database()
         };
         Self::build(name, config, None)
@@ -352,7 +356,8 @@ impl CircuitBreaker {
         core.window.record(now, failed);
         core.consecutive = if failed { core.consecutive + 1 } else { 0 };
         let (calls, failures) = core.window.totals();
-        let by_streak = config.consecutive_failures > 0 && core.consecutive >= config.consecutive_failures;
+        let by_streak =
+            config.consecutive_failures > 0 && core.consecutive >= config.consecutive_failures;
         let by_rate = calls >= u64::from(config.min_calls)
             && calls > 0
             && failures as f64 / calls as f64 >= config.failure_rate;

@@ -53,7 +53,12 @@ impl Drop for Waiting<'_> {
 
 impl Bulkhead {
     /// `max_concurrent` slots (at least 1), `max_queue` waiting places.
-    pub fn new(name: &str, max_concurrent: usize, max_queue: usize, queue_timeout: Duration) -> Self {
+    pub fn new(
+        name: &str,
+        max_concurrent: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+    ) -> Self {
         let max_concurrent = max_concurrent.max(1);
         Self {
             name: name.into(),
@@ -130,7 +135,10 @@ mod tests {
         }
         assert!(matches!(b.acquire().await, Err(Error::BulkheadFull { .. })));
         drop(p1);
-        queued.await.expect("join").expect("the queued caller got the freed slot");
+        queued
+            .await
+            .expect("join")
+            .expect("the queued caller got the freed slot");
         assert_eq!(b.waiting(), 0);
     }
 

@@ -20,7 +20,10 @@ use crate::{Error, Result};
 /// Checks a rate and burst and returns the interval between two requests.
 fn interval(rate_per_sec: f64, burst: u32) -> Result<std::time::Duration> {
     if !rate_per_sec.is_finite() || rate_per_sec <= 0.0 {
-        return Err(Error::invalid("rate", format!("must be above 0, got {rate_per_sec}")));
+        return Err(Error::invalid(
+            "rate",
+            format!("must be above 0, got {rate_per_sec}"),
+        ));
     }
     if burst == 0 {
         return Err(Error::invalid("burst", "must be at least 1"));

@@ -248,7 +248,11 @@ mod tests {
         )
         .await;
         assert!(out.is_err());
-        assert!(start.elapsed() <= Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() <= Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(900));
     }
 }

@@ -71,7 +71,10 @@ impl BreakerRegistry {
                 &["name"],
             )?,
             calls: IntCounterVec::new(
-                Opts::new("sluice_circuit_breaker_calls_total", "Calls made through the breaker"),
+                Opts::new(
+                    "sluice_circuit_breaker_calls_total",
+                    "Calls made through the breaker",
+                ),
                 &["name", "outcome"],
             )?,
             rejections: IntCounterVec::new(

@@ -194,7 +194,11 @@ async fn of_1000_concurrent_calls_in_half_open_exactly_n_reach_the_callee() {
     for call in calls {
         let _ = call.await.expect("join");
     }
-    assert_eq!(reached.load(Ordering::SeqCst), PROBES, "exactly N reached the callee");
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        PROBES,
+        "exactly N reached the callee"
+    );
     assert_eq!(b.state(), State::Closed);
 }
 
@@ -203,15 +207,23 @@ async fn registry_exports_state_calls_rejections_and_transitions() {
     let registry = prometheus::Registry::new();
     let breakers = BreakerRegistry::new(&registry).expect("metrics");
     let b = breakers.get_or_create("pg", config()).expect("valid");
-    assert!(breakers.get_or_create("pg", BreakerConfig::broker()).is_ok());
+    assert!(
+        breakers
+            .get_or_create("pg", BreakerConfig::broker())
+            .is_ok()
+    );
     for _ in 0..3 {
         fail(&b).await;
     }
     assert!(succeed(&b).await.is_err());
     let text = {
         let mut buf = Vec::new();
-        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf)
-            .expect("encode");
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut buf,
+        )
+        .expect("encode");
         String::from_utf8(buf).expect("utf8")
     };
     for line in [
@@ -223,7 +235,17 @@ async fn registry_exports_state_calls_rejections_and_transitions() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     assert_eq!(breakers.states(), vec![("pg".to_owned(), State::Open)]);
-    assert!(breakers.get_or_create("bad", BreakerConfig { half_open_probes: 0, ..config() }).is_err());
+    assert!(
+        breakers
+            .get_or_create(
+                "bad",
+                BreakerConfig {
+                    half_open_probes: 0,
+                    ..config()
+                }
+            )
+            .is_err()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -231,22 +253,48 @@ async fn tower_layer_counts_classified_responses_and_rejects_when_open() {
     let b = CircuitBreaker::try_new("http", config()).expect("valid");
     let mut svc = CircuitBreakerLayer::new(b.clone())
         .classify_responses(|status: &u16| *status >= 500)
-        .layer(service_fn(|status: u16| async move { Ok::<_, std::io::Error>(status) }));
+        .layer(service_fn(|status: u16| async move {
+            Ok::<_, std::io::Error>(status)
+        }));
     for _ in 0..3 {
-        let status = svc.ready().await.expect("ready").call(503).await.expect("a response");
+        let status = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(503)
+            .await
+            .expect("a response");
         assert_eq!(status, 503);
     }
     assert_eq!(b.state(), State::Open);
-    let err = svc.ready().await.expect("ready").call(200).await.expect_err("rejected");
+    let err = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(200)
+        .await
+        .expect_err("rejected");
     assert!(err.downcast_ref::<Error>().is_some(), "{err}");
 }
 
 #[test]
 fn invalid_configs_name_the_setting() {
-    let err = CircuitBreaker::try_new("x", BreakerConfig { half_open_probes: 0, ..config() })
-        .expect_err("invalid");
+    let err = CircuitBreaker::try_new(
+        "x",
+        BreakerConfig {
+            half_open_probes: 0,
+            ..config()
+        },
+    )
+    .expect_err("invalid");
     assert!(err.to_string().contains("half_open_probes"), "{err}");
-    let err = CircuitBreaker::try_new("x", BreakerConfig { failure_rate: f64::NAN, ..config() })
-        .expect_err("invalid");
+    let err = CircuitBreaker::try_new(
+        "x",
+        BreakerConfig {
+            failure_rate: f64::NAN,
+            ..config()
+        },
+    )
+    .expect_err("invalid");
     assert!(err.to_string().contains("failure_rate"), "{err}");
 }

@@ -92,14 +92,23 @@ impl AdaptiveLimiter {
     /// Checks the config, naming the first bad value.
     pub fn new(config: AimdConfig) -> Result<Self> {
         let positive = |v: f64| v.is_finite() && v > 0.0;
-        if !positive(config.min_rate) || !positive(config.max_rate) || config.min_rate > config.max_rate {
+        if !positive(config.min_rate)
+            || !positive(config.max_rate)
+            || config.min_rate > config.max_rate
+        {
             return Err(Error::invalid("min_rate", "need 0 < min_rate ≤ max_rate"));
         }
         if !(config.min_rate..=config.max_rate).contains(&config.initial_rate) {
-            return Err(Error::invalid("initial_rate", "must lie within [min_rate, max_rate]"));
+            return Err(Error::invalid(
+                "initial_rate",
+                "must lie within [min_rate, max_rate]",
+            ));
         }
         if !(config.decrease > 0.0 && config.decrease < 1.0) {
-            return Err(Error::invalid("decrease", "must lie strictly between 0 and 1"));
+            return Err(Error::invalid(
+                "decrease",
+                "must lie strictly between 0 and 1",
+            ));
         }
         if !(config.increase.is_finite() && config.increase >= 0.0) {
             return Err(Error::invalid("increase", "must be 0 or more"));

@@ -13,7 +13,8 @@ use crate::{Error, Result};
 
 fn quota(rate_per_sec: f64, burst: u32) -> Result<Quota> {
     let period = interval(rate_per_sec, burst)?;
-    let burst = NonZeroU32::new(burst).ok_or_else(|| Error::invalid("burst", "must be at least 1"))?;
+    let burst =
+        NonZeroU32::new(burst).ok_or_else(|| Error::invalid("burst", "must be at least 1"))?;
     Ok(Quota::with_period(period)
         .ok_or_else(|| Error::invalid("rate", "too high"))?
         .allow_burst(burst))
@@ -47,9 +48,11 @@ impl LocalLimiter {
 
     /// Admits one request, or says how long until one would be admitted.
     pub fn check(&self) -> Result<()> {
-        self.limiter.check().map_err(|not_until| Error::RateLimited {
-            retry_after: not_until.wait_time_from(self.clock.now()),
-        })
+        self.limiter
+            .check()
+            .map_err(|not_until| Error::RateLimited {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })
     }
 }
 
@@ -71,9 +74,11 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
     /// Admits one request of `key`.
     pub fn check(&self, key: &K) -> Result<()> {
-        self.limiter.check_key(key).map_err(|not_until| Error::RateLimited {
-            retry_after: not_until.wait_time_from(self.clock.now()),
-        })
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| Error::RateLimited {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })
     }
 
     /// Forgets keys that are back to a full burst, bounding memory; call now and then.
@@ -104,7 +109,10 @@ mod tests {
         }
         match l.check() {
             Err(Error::RateLimited { retry_after }) => {
-                assert!(retry_after <= std::time::Duration::from_millis(100), "{retry_after:?}");
+                assert!(
+                    retry_after <= std::time::Duration::from_millis(100),
+                    "{retry_after:?}"
+                );
             }
             other => panic!("expected RateLimited, got {other:?}"),
         }

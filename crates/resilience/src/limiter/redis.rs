@@ -94,7 +94,9 @@ impl RedisLimiter {
         burst: u32,
     ) -> Result<Self> {
         let interval = interval(rate_per_sec, burst)?;
-        let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         Ok(Self {
             conn,
             script: Arc::new(Script::new(GCRA)),

@@ -22,7 +22,9 @@ async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
 }
 
 fn unix_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -31,7 +33,10 @@ async fn burst_then_refusal_with_retry_after() -> anyhow::Result<()> {
     let redis = TestRedis::create().await?;
     let limiter = RedisLimiter::new(redis.conn(), redis.prefix(), 1.0, 5)?;
     for i in 0..5 {
-        limiter.check("client").await.map_err(|e| anyhow::anyhow!("request {i}: {e}"))?;
+        limiter
+            .check("client")
+            .await
+            .map_err(|e| anyhow::anyhow!("request {i}: {e}"))?;
     }
     match limiter.check("client").await {
         Err(Error::RateLimited { retry_after }) => {
@@ -40,7 +45,10 @@ async fn burst_then_refusal_with_retry_after() -> anyhow::Result<()> {
         other => panic!("expected RateLimited, got {other:?}"),
     }
     limiter.check("another-client").await?;
-    assert!(limiter.check_n("big", 6).await.is_err(), "a cost above the burst never fits");
+    assert!(
+        limiter.check_n("big", 6).await.is_err(),
+        "a cost above the burst never fits"
+    );
     Ok(())
 }
 
@@ -56,7 +64,12 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
     let mut children = Vec::new();
     for _ in 0..3 {
         let child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["--exact", "redis_limiter::limiter_worker", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "redis_limiter::limiter_worker",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(WORKER_ENV, "1")
             .env("WORKER_REDIS_URL", redis.url())
             .env("WORKER_PREFIX", redis.prefix())
@@ -86,8 +99,14 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
     }
     let expected = RATE * DURATION_MS as f64 / 1000.0 + f64::from(BURST);
     let error = (total as f64 - expected).abs() / expected;
-    eprintln!("admitted {total} ({per_process:?}), expected {expected}, error {:.2}%", error * 100.0);
-    assert!(per_process.iter().all(|n| *n > 0), "every process got a share: {per_process:?}");
+    eprintln!(
+        "admitted {total} ({per_process:?}), expected {expected}, error {:.2}%",
+        error * 100.0
+    );
+    assert!(
+        per_process.iter().all(|n| *n > 0),
+        "every process got a share: {per_process:?}"
+    );
     assert!(error <= 0.05, "admitted {total}, expected {expected} ± 5%");
     Ok(())
 }
@@ -96,12 +115,20 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "a worker process spawned by one_limit_is_shared_by_three_processes"]
 async fn limiter_worker() -> anyhow::Result<()> {
-    anyhow::ensure!(std::env::var(WORKER_ENV).is_ok(), "run by one_limit_is_shared_by_three_processes only");
+    anyhow::ensure!(
+        std::env::var(WORKER_ENV).is_ok(),
+        "run by one_limit_is_shared_by_three_processes only"
+    );
     let var = |name: &str| std::env::var(name).map_err(|_| anyhow::anyhow!("{name} not set"));
     let conn = connect(&var("WORKER_REDIS_URL")?).await?;
-    let limiter = RedisLimiter::new(conn, var("WORKER_PREFIX")?, var("WORKER_RATE")?.parse()?, var("WORKER_BURST")?.parse()?)?
-        .with_failure_mode(FailureMode::Closed)
-        .with_timeout(Duration::from_secs(2));
+    let limiter = RedisLimiter::new(
+        conn,
+        var("WORKER_PREFIX")?,
+        var("WORKER_RATE")?.parse()?,
+        var("WORKER_BURST")?.parse()?,
+    )?
+    .with_failure_mode(FailureMode::Closed)
+    .with_timeout(Duration::from_secs(2));
     let start_at: u64 = var("WORKER_START_AT_MS")?.parse()?;
     let end_at = start_at + var("WORKER_DURATION_MS")?.parse::<u64>()?;
     // All workers begin at the same wall-clock instant.
@@ -134,10 +161,15 @@ async fn unreachable_redis_fails_open_or_closed_as_configured_and_recovers() -> 
         .with_failure_mode(FailureMode::Closed)
         .with_timeout(timeout);
     open.check("a").await?;
-    assert!(matches!(open.check("a").await, Err(Error::RateLimited { .. })), "limit applies while Redis answers");
+    assert!(
+        matches!(open.check("a").await, Err(Error::RateLimited { .. })),
+        "limit applies while Redis answers"
+    );
 
     proxy.refuse();
-    open.check("a").await.expect("fails open: admitted without Redis");
+    open.check("a")
+        .await
+        .expect("fails open: admitted without Redis");
     match closed.check("b").await {
         Err(Error::StoreUnavailable { .. }) => {}
         other => panic!("expected StoreUnavailable, got {other:?}"),
@@ -145,9 +177,11 @@ async fn unreachable_redis_fails_open_or_closed_as_configured_and_recovers() -> 
     assert!(open.store_failures() >= 1 && closed.store_failures() >= 1);
 
     proxy.restore();
-    eventually("limiter reaches Redis again", Duration::from_secs(20), || async {
-        closed.check("c").await.ok()
-    })
+    eventually(
+        "limiter reaches Redis again",
+        Duration::from_secs(20),
+        || async { closed.check("c").await.ok() },
+    )
     .await?;
     Ok(())
 }
