@@ -28,9 +28,12 @@ fn interval(rate_per_sec: f64, burst: u32) -> Result<std::time::Duration> {
     if burst == 0 {
         return Err(Error::invalid("burst", "must be at least 1"));
     }
-    let interval = std::time::Duration::from_secs_f64(1.0 / rate_per_sec);
-    if interval.is_zero() {
-        return Err(Error::invalid("rate", "above one per nanosecond"));
+    match std::time::Duration::try_from_secs_f64(1.0 / rate_per_sec) {
+        Ok(interval) if !interval.is_zero() => Ok(interval),
+        Ok(_) => Err(Error::invalid("rate", "above one per nanosecond")),
+        Err(_) => Err(Error::invalid(
+            "rate",
+            format!("{rate_per_sec} is too small"),
+        )),
     }
-    Ok(interval)
 }

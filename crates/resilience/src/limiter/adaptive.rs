@@ -98,6 +98,9 @@ impl AdaptiveLimiter {
         {
             return Err(Error::invalid("min_rate", "need 0 < min_rate ≤ max_rate"));
         }
+        if Duration::try_from_secs_f64(1.0 / config.min_rate).is_err() {
+            return Err(Error::invalid("min_rate", "too small to pace"));
+        }
         if !(config.min_rate..=config.max_rate).contains(&config.initial_rate) {
             return Err(Error::invalid(
                 "initial_rate",

@@ -129,7 +129,13 @@ mod tests {
 
     #[test]
     fn rejects_nonsense_settings_by_name() {
-        for (rate, burst, setting) in [(0.0, 1, "rate"), (f64::NAN, 1, "rate"), (1.0, 0, "burst")] {
+        for (rate, burst, setting) in [
+            (0.0, 1, "rate"),
+            (f64::NAN, 1, "rate"),
+            (1e-300, 1, "rate"),
+            (f64::INFINITY, 1, "rate"),
+            (1.0, 0, "burst"),
+        ] {
             let err = LocalLimiter::new(rate, burst).expect_err("invalid");
             assert!(err.to_string().contains(setting), "{err}");
         }

@@ -114,6 +114,10 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
 /// The body of one worker process of the test above; run only by it (`--ignored`).
 #[tokio::test]
 #[ignore = "a worker process spawned by one_limit_is_shared_by_three_processes"]
+#[expect(
+    clippy::print_stdout,
+    reason = "the parent process reads the ADMITTED line"
+)]
 async fn limiter_worker() -> anyhow::Result<()> {
     anyhow::ensure!(
         std::env::var(WORKER_ENV).is_ok(),
