@@ -51,6 +51,20 @@ impl TestRedis {
         &self.url
     }
 
+    /// The server's socket address, e.g. to put a [`FaultProxy`](crate::FaultProxy) in front.
+    pub fn addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let authority = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, rest)| rest);
+        let host_port = authority.split('/').next().unwrap_or_default();
+        let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+        std::net::ToSocketAddrs::to_socket_addrs(host_port)
+            .with_context(|| format!("resolving {host_port}"))?
+            .next()
+            .with_context(|| format!("no address for {host_port}"))
+    }
+
     /// A multiplexed connection that reconnects by itself.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()

@@ -1,5 +1,4 @@
 use std::{
-    net::SocketAddr,
     process::Stdio,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -9,13 +8,6 @@ use sluice_resilience::{Error, FailureMode, RedisLimiter};
 use sluice_testkit::{FaultProxy, TestRedis, eventually};
 
 const WORKER_ENV: &str = "SLUICE_LIMITER_WORKER";
-
-fn redis_addr() -> SocketAddr {
-    std::env::var("SLUICE_TEST_REDIS_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:6379".into())
-        .parse()
-        .expect("SLUICE_TEST_REDIS_ADDR is host:port")
-}
 
 async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
     Ok(ConnectionManager::new(Client::open(url)?).await?)
@@ -155,7 +147,7 @@ async fn limiter_worker() -> anyhow::Result<()> {
 #[tokio::test]
 async fn unreachable_redis_fails_open_or_closed_as_configured_and_recovers() -> anyhow::Result<()> {
     let redis = TestRedis::create().await?;
-    let proxy = FaultProxy::start(redis_addr()).await?;
+    let proxy = FaultProxy::start(redis.addr()?).await?;
     let conn = connect(&format!("redis://{}", proxy.addr())).await?;
     let timeout = Duration::from_millis(200);
     let open = RedisLimiter::new(conn.clone(), redis.prefix(), 1.0, 1)?

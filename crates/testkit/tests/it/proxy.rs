@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use redis::{Client, aio::MultiplexedConnection};
-use sluice_testkit::FaultProxy;
+use sluice_testkit::{FaultProxy, TestRedis};
 
 async fn connect(proxy: &FaultProxy) -> redis::RedisResult<MultiplexedConnection> {
     let client = Client::open(format!("redis://{}", proxy.addr()))?;
@@ -12,16 +12,10 @@ async fn ping(conn: &mut MultiplexedConnection) -> redis::RedisResult<String> {
     redis::cmd("PING").query_async(conn).await
 }
 
-fn redis_addr() -> std::net::SocketAddr {
-    std::env::var("SLUICE_TEST_REDIS_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:6379".into())
-        .parse()
-        .expect("SLUICE_TEST_REDIS_ADDR is host:port")
-}
-
 #[tokio::test]
 async fn cuts_refuses_and_restores_connections_to_a_real_server() -> anyhow::Result<()> {
-    let proxy = FaultProxy::start(redis_addr()).await?;
+    let redis = TestRedis::create().await?;
+    let proxy = FaultProxy::start(redis.addr()?).await?;
     let mut conn = connect(&proxy).await?;
     assert_eq!(ping(&mut conn).await?, "PONG");
     assert_eq!(proxy.open_connections(), 1);
@@ -51,7 +45,8 @@ async fn cuts_refuses_and_restores_connections_to_a_real_server() -> anyhow::Res
 
 #[tokio::test]
 async fn adds_latency_in_both_directions() -> anyhow::Result<()> {
-    let proxy = FaultProxy::start(redis_addr()).await?;
+    let redis = TestRedis::create().await?;
+    let proxy = FaultProxy::start(redis.addr()?).await?;
     let mut conn = connect(&proxy).await?;
     proxy.set_latency(Duration::from_millis(100));
     let start = Instant::now();
