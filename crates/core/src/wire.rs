@@ -46,6 +46,44 @@ impl EventMessage {
     }
 }
 
+/// A validated batch of events as one queue entry: what the aggregator's `/publish` appends to
+/// its Redis stream, so a batch costs one XADD however many events it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub enum BatchMessage {
+    /// First version.
+    #[serde(rename = "1")]
+    V1 {
+        events: Vec<Event>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
+    },
+}
+
+impl BatchMessage {
+    /// Wraps events in the current version.
+    pub fn new(events: Vec<Event>, trace_id: Option<String>) -> Self {
+        Self::V1 { events, trace_id }
+    }
+
+    /// The events, whatever the version.
+    pub fn into_events(self) -> Vec<Event> {
+        match self {
+            Self::V1 { events, .. } => events,
+        }
+    }
+
+    /// JSON bytes for a broker.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(Error::Wire)
+    }
+
+    /// Decodes JSON bytes; an unknown version or a malformed body is an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(Error::Wire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -65,6 +103,14 @@ mod tests {
         let raw: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(raw["v"], "1");
         assert_eq!(EventMessage::from_bytes(&bytes).expect("decode"), msg);
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let msg = BatchMessage::new(vec![event(), event()], None);
+        let back = BatchMessage::from_bytes(&msg.to_bytes().expect("encode")).expect("decode");
+        assert_eq!(back.into_events().len(), 2);
+        assert!(BatchMessage::from_bytes(br#"{"v":"2","events":[]}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! The HTTP API of DESIGN §3, compatible with the seed's aggregator.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{ConnectInfo, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+use sluice_core::{Event, ValidationError, event::parse_batch, health::Health, telemetry::{HttpMetrics, Metrics}, wire::BatchMessage};
+use sluice_resilience::limiter::KeyedLimiter;
+
+use crate::{config::Config, error::ApiError, metrics::AggregatorMetrics, queue::Stream, store::Store};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    pub config: Config,
+    pub stream: Stream,
+    pub store: Arc<Store>,
+    pub metrics: AggregatorMetrics,
+    /// Stream length as last seen by the backlog monitor.
+    pub backlog: Arc<AtomicU64>,
+    pub limiter: Option<KeyedLimiter<IpAddr>>,
+    pub started: Instant,
+}
+
+/// Every route, with request metrics and the request timeout.
+pub fn router(state: Arc<ApiState>, health: &Health, metrics: &Metrics, http_metrics: HttpMetrics) -> Router {
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    Router::new()
+        .route("/", get(root))
+        .route("/publish", post(publish))
+        .route("/events", get(events))
+        .route("/stats", get(stats))
+        .with_state(state)
+        .merge(health.router())
+        .merge(metrics.router())
+        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
+            match tokio::time::timeout(timeout, next.run(req)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::Timeout.into_response(),
+            }
+        }))
+        .layer(middleware::from_fn_with_state(http_metrics, HttpMetrics::track))
+}
+
+async fn root() -> Json<Value> {
+    Json(json!({
+        "service": "sluice-aggregator",
+        "version": env!("CARGO_PKG_VERSION"),
+        "endpoints": ["POST /publish", "GET /events", "GET /stats", "GET /health", "GET /ready", "GET /metrics"],
+    }))
+}
+
+async fn publish(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let reject = |reason: &str, err: ApiError| {
+        state.metrics.rejected.with_label_values(&[reason]).inc();
+        err
+    };
+    if let Some(limiter) = &state.limiter
+        && let Err(refused) = limiter.check(&peer.ip())
+    {
+        let wait = refused.retry_after().unwrap_or(Duration::from_secs(1));
+        return Err(reject("rate_limited", ApiError::RateLimited(wait)));
+    }
+    if !is_json(&headers) {
+        return Err(reject("media_type", ApiError::UnsupportedMediaType));
+    }
+    let limit = state.config.max_body_bytes;
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| reject("too_large", ApiError::TooLarge(limit)))?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| reject("malformed_json", ApiError::BadJson(e.to_string())))?;
+    let events = parse_batch(&value).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
+    check_limits(&state.config, &events).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
+    if state.backlog.load(Ordering::Relaxed) >= state.config.high_water_mark {
+        return Err(reject("queue_full", ApiError::QueueFull { retry_after: Duration::from_secs(1) }));
+    }
+    let count = events.len();
+    let trace_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let message = BatchMessage::new(events, Some(trace_id.clone()));
+    let encoded = message.to_bytes().map_err(|err| {
+        tracing::error!(error = %err, "encoding a validated batch failed");
+        ApiError::Internal
+    })?;
+    let timeout = Duration::from_millis(state.config.publish_timeout_ms);
+    match tokio::time::timeout(timeout, state.stream.append(&encoded)).await {
+        Ok(Ok(entry_id)) => {
+            state.metrics.accepted.inc_by(count as u64);
+            state.backlog.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%trace_id, %entry_id, events = count, "batch queued");
+            let body = json!({"status": "accepted", "queued": count, "accepted": count});
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(%trace_id, error = %err, "queueing failed");
+            Err(reject("redis", ApiError::Unavailable { dependency: "redis", retry_after: Duration::from_secs(1) }))
+        }
+        Err(_) => {
+            tracing::warn!(%trace_id, ?timeout, "queueing timed out");
+            Err(reject("redis", ApiError::Unavailable { dependency: "redis", retry_after: Duration::from_secs(1) }))
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Size limits beyond the event contract.
+fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError> {
+    if events.len() > config.max_batch_events {
+        return Err(ValidationError {
+            index: None,
+            field: "events".into(),
+            message: format!("must hold at most {} events", config.max_batch_events),
+        });
+    }
+    for (i, event) in events.iter().enumerate() {
+        let size = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > config.max_payload_bytes {
+            return Err(ValidationError {
+                index: Some(i),
+                field: "payload".into(),
+                message: format!("must be at most {} bytes of JSON", config.max_payload_bytes),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn events(State(state): State<Arc<ApiState>>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadQuery {
+                    field: "limit",
+                    message: format!("must be an integer from 1 to 1000, got {raw:?}"),
+                });
+            }
+        },
+    };
+    let topic = query.get("topic").map(String::as_str).filter(|t| !t.is_empty());
+    let rows = state.store.recent(topic, limit).await.map_err(|err| unavailable_db(&err))?;
+    Ok(Json(rows).into_response())
+}
+
+async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let (counters, topics) = tokio::try_join!(state.store.counters(), state.store.topics()).map_err(|err| unavailable_db(&err))?;
+    let backlog = state.stream.backlog().await.ok();
+    Ok(Json(json!({
+        "received": counters.received,
+        "unique_processed": counters.unique_processed,
+        "duplicate_dropped": counters.duplicate_dropped,
+        "topics": topics,
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "status": "healthy",
+        "queue": backlog.map(|b| json!({"length": b.length, "pending": b.pending})),
+        "accepted_since_start": state.metrics.accepted.get(),
+    }))
+    .into_response())
+}
+
+fn unavailable_db(err: &crate::Error) -> ApiError {
+    tracing::warn!(error = %err, "database query failed");
+    ApiError::Unavailable {
+        dependency: "database",
+        retry_after: Duration::from_secs(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).expect("header"));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/vnd.api+json"));
+        assert!(!with("text/plain"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

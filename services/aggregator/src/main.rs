@@ -1,0 +1,14 @@
+//! `sluice-aggregator`: see the library docs. Configured from the environment.
+
+use anyhow::Context;
+use sluice_aggregator::{App, Config};
+use sluice_core::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_json_logs("sluice-aggregator");
+    let config = Config::from_env().context("configuration")?;
+    let shutdown = shutdown::on_signal();
+    let app = App::build(config).await.context("starting the aggregator")?;
+    app.run(shutdown).await.context("running the aggregator")
+}

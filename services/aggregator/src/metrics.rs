@@ -1,0 +1,76 @@
+//! The aggregator's Prometheus metrics, registered in the app's registry.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use sluice_core::telemetry::Metrics;
+
+use crate::Result;
+
+/// Handles to every aggregator metric.
+#[derive(Debug, Clone)]
+pub struct AggregatorMetrics {
+    /// Events accepted by `/publish` or the AMQP ingress (202 / queued).
+    pub accepted: IntCounter,
+    /// Requests refused, by reason (`validation`, `rate_limited`, `queue_full`, …).
+    pub rejected: IntCounterVec,
+    /// Events consumed from the queue.
+    pub received: IntCounter,
+    pub unique: IntCounter,
+    pub duplicates: IntCounter,
+    /// Queue entries that could not be stored and went to the dead-letter stream or queue.
+    pub dead_lettered: IntCounter,
+    /// Redeliveries recognised as already stored.
+    pub redelivered: IntCounter,
+    /// Events per database transaction.
+    pub batch_size: Histogram,
+    /// Time of one database transaction.
+    pub commit_seconds: Histogram,
+    /// Entries in the stream (accepted, not yet stored).
+    pub stream_length: IntGauge,
+    /// Entries delivered to a worker and not acknowledged yet.
+    pub stream_pending: IntGauge,
+}
+
+impl AggregatorMetrics {
+    pub fn new(metrics: &Metrics) -> Result<Self> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter> {
+            Ok(metrics.register(IntCounter::new(name, help).map_err(sluice_core::Error::from)?)?)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge> {
+            Ok(metrics.register(IntGauge::new(name, help).map_err(sluice_core::Error::from)?)?)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram> {
+            let opts = HistogramOpts::new(name, help).buckets(buckets);
+            Ok(metrics.register(Histogram::with_opts(opts).map_err(sluice_core::Error::from)?)?)
+        };
+        Ok(Self {
+            accepted: counter("sluice_aggregator_events_accepted_total", "Events accepted into the queue")?,
+            rejected: metrics.register(
+                IntCounterVec::new(
+                    Opts::new("sluice_aggregator_requests_rejected_total", "Publish requests refused, by reason"),
+                    &["reason"],
+                )
+                .map_err(sluice_core::Error::from)?,
+            )?,
+            received: counter("sluice_aggregator_events_received_total", "Events consumed from the queue")?,
+            unique: counter("sluice_aggregator_events_unique_total", "Events stored (first time seen)")?,
+            duplicates: counter("sluice_aggregator_events_duplicate_total", "Events dropped as duplicates")?,
+            dead_lettered: counter("sluice_aggregator_dead_lettered_total", "Queue entries moved to dead letter")?,
+            redelivered: counter(
+                "sluice_aggregator_redelivered_entries_total",
+                "Queue entries delivered again after being stored (not counted twice)",
+            )?,
+            batch_size: histogram(
+                "sluice_aggregator_batch_events",
+                "Events per database transaction",
+                vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0],
+            )?,
+            commit_seconds: histogram(
+                "sluice_aggregator_commit_seconds",
+                "Duration of one database transaction",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            )?,
+            stream_length: gauge("sluice_aggregator_stream_length", "Entries in the stream, not yet stored")?,
+            stream_pending: gauge("sluice_aggregator_stream_pending", "Entries delivered, not yet acknowledged")?,
+        })
+    }
+}
