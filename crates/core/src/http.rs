@@ -33,17 +33,21 @@ impl HttpServer {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting and lets requests in flight
-    /// finish before returning.
+    /// finish before returning. Handlers can extract the peer address with
+    /// `ConnectInfo<SocketAddr>`.
     ///
     /// Logs `listening` with the bound `addr` first: the testkit reads that line to find a
     /// child process's port.
     pub async fn serve(self, router: Router, shutdown: CancellationToken) -> Result<()> {
         let addr = self.addr;
         tracing::info!(%addr, "listening");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|source| Error::Serve { addr, source })?;
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(|source| Error::Serve { addr, source })?;
         tracing::info!(%addr, "HTTP server stopped");
         Ok(())
     }

@@ -13,7 +13,10 @@ use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use sluice_core::event::parse_batch;
@@ -75,9 +78,13 @@ impl AmqpIngress {
             ..QueueDeclareOptions::default()
         };
         for q in [self.queue.clone(), self.dead_letter_queue()] {
-            channel.queue_declare(q.as_str().into(), durable, FieldTable::default()).await?;
+            channel
+                .queue_declare(q.as_str().into(), durable, FieldTable::default())
+                .await?;
         }
-        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
         let mut deliveries = channel
             .basic_consume(
                 self.queue.as_str().into(),
@@ -102,7 +109,12 @@ impl AmqpIngress {
         }
     }
 
-    async fn handle(&self, delivery: &Delivery, dead: &Channel, shutdown: &CancellationToken) -> Result<()> {
+    async fn handle(
+        &self,
+        delivery: &Delivery,
+        dead: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         let events = serde_json::from_slice(&delivery.data)
             .map_err(|e| format!("malformed JSON: {e}"))
             .and_then(|value| parse_batch(&value).map_err(|e| e.to_string()))
@@ -126,9 +138,14 @@ impl AmqpIngress {
             events,
         };
         self.metrics.accepted.inc_by(batch.events.len() as u64);
-        let mut backoff = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)).delays();
+        let mut backoff =
+            Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)).delays();
         loop {
-            match self.store.write(self.shard, std::slice::from_ref(&batch)).await {
+            match self
+                .store
+                .write(self.shard, std::slice::from_ref(&batch))
+                .await
+            {
                 Ok(outcome) => {
                     self.metrics.received.inc_by(outcome.received);
                     self.metrics.unique.inc_by(outcome.unique);
@@ -157,8 +174,13 @@ impl AmqpIngress {
     async fn dead_letter(&self, delivery: &Delivery, dead: &Channel, reason: &str) -> Result<()> {
         tracing::warn!(%reason, "AMQP message dead-lettered");
         let mut headers = FieldTable::default();
-        headers.insert("x-sluice-reason".into(), AMQPValue::LongString(reason.into()));
-        let properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
+        headers.insert(
+            "x-sluice-reason".into(),
+            AMQPValue::LongString(reason.into()),
+        );
+        let properties = BasicProperties::default()
+            .with_headers(headers)
+            .with_delivery_mode(2);
         dead.basic_publish(
             "".into(),
             self.dead_letter_queue().as_str().into(),
@@ -181,6 +203,8 @@ fn entry_id(delivery: &Delivery) -> String {
     let hash = delivery
         .data
         .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
     format!("amqp:fnv:{hash:016x}")
 }

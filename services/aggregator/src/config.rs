@@ -117,13 +117,34 @@ impl Config {
             ("WORKER_COUNT", self.worker_count as u64),
             ("SLUICE_AGGREGATOR_READ_COUNT", self.read_count as u64),
             ("SLUICE_AGGREGATOR_HIGH_WATER_MARK", self.high_water_mark),
-            ("SLUICE_AGGREGATOR_MAX_BODY_BYTES", self.max_body_bytes as u64),
-            ("SLUICE_AGGREGATOR_MAX_BATCH_EVENTS", self.max_batch_events as u64),
-            ("SLUICE_AGGREGATOR_MAX_PAYLOAD_BYTES", self.max_payload_bytes as u64),
-            ("SLUICE_AGGREGATOR_DATABASE_POOL_SIZE", u64::from(self.database_pool_size)),
-            ("SLUICE_AGGREGATOR_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms),
-            ("SLUICE_AGGREGATOR_REQUEST_TIMEOUT_MS", self.request_timeout_ms),
-            ("SLUICE_AGGREGATOR_AMQP_PREFETCH", u64::from(self.amqp_prefetch)),
+            (
+                "SLUICE_AGGREGATOR_MAX_BODY_BYTES",
+                self.max_body_bytes as u64,
+            ),
+            (
+                "SLUICE_AGGREGATOR_MAX_BATCH_EVENTS",
+                self.max_batch_events as u64,
+            ),
+            (
+                "SLUICE_AGGREGATOR_MAX_PAYLOAD_BYTES",
+                self.max_payload_bytes as u64,
+            ),
+            (
+                "SLUICE_AGGREGATOR_DATABASE_POOL_SIZE",
+                u64::from(self.database_pool_size),
+            ),
+            (
+                "SLUICE_AGGREGATOR_PUBLISH_TIMEOUT_MS",
+                self.publish_timeout_ms,
+            ),
+            (
+                "SLUICE_AGGREGATOR_REQUEST_TIMEOUT_MS",
+                self.request_timeout_ms,
+            ),
+            (
+                "SLUICE_AGGREGATOR_AMQP_PREFETCH",
+                u64::from(self.amqp_prefetch),
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -131,18 +152,32 @@ impl Config {
             }
         }
         if !(self.rate_limit_per_client.is_finite() && self.rate_limit_per_client >= 0.0) {
-            return Err(invalid("SLUICE_AGGREGATOR_RATE_LIMIT_PER_CLIENT", "must be 0 (off) or more"));
+            return Err(invalid(
+                "SLUICE_AGGREGATOR_RATE_LIMIT_PER_CLIENT",
+                "must be 0 (off) or more",
+            ));
         }
         for (name, url, schemes) in [
-            ("DATABASE_URL", self.database_url.expose(), &["postgres://", "postgresql://"][..]),
-            ("REDIS_URL", self.redis_url.expose(), &["redis://", "rediss://", "unix://"][..]),
+            (
+                "DATABASE_URL",
+                self.database_url.expose(),
+                &["postgres://", "postgresql://"][..],
+            ),
+            (
+                "REDIS_URL",
+                self.redis_url.expose(),
+                &["redis://", "rediss://", "unix://"][..],
+            ),
         ] {
             if !schemes.iter().any(|s| url.starts_with(s)) {
                 return Err(invalid(name, format!("must start with one of {schemes:?}")));
             }
         }
         if self.stream_key.is_empty() || self.consumer_group.is_empty() {
-            return Err(invalid("SLUICE_AGGREGATOR_STREAM_KEY", "stream key and group must not be empty"));
+            return Err(invalid(
+                "SLUICE_AGGREGATOR_STREAM_KEY",
+                "stream key and group must not be empty",
+            ));
         }
         Ok(())
     }
@@ -189,6 +224,12 @@ mod tests {
             redis_url: Secret::new("http://x".into()),
             ..Config::default()
         };
-        assert!(config.validate().expect_err("invalid").to_string().contains("REDIS_URL"));
+        assert!(
+            config
+                .validate()
+                .expect_err("invalid")
+                .to_string()
+                .contains("REDIS_URL")
+        );
     }
 }

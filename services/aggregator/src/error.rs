@@ -14,7 +14,10 @@ use sluice_core::ValidationError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid setting `{setting}`: {reason}")]
-    Config { setting: &'static str, reason: String },
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Core(#[from] sluice_core::Error),
     #[error("Postgres: {0}")]
@@ -57,10 +60,18 @@ pub enum ApiError {
     UnsupportedMediaType,
     TooLarge(usize),
     Invalid(ValidationError),
-    BadQuery { field: &'static str, message: String },
+    BadQuery {
+        field: &'static str,
+        message: String,
+    },
     RateLimited(Duration),
-    QueueFull { retry_after: Duration },
-    Unavailable { dependency: &'static str, retry_after: Duration },
+    QueueFull {
+        retry_after: Duration,
+    },
+    Unavailable {
+        dependency: &'static str,
+        retry_after: Duration,
+    },
     Timeout,
     Internal,
 }
@@ -68,7 +79,11 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body, retry_after) = match self {
-            Self::BadJson(detail) => (StatusCode::BAD_REQUEST, json!({"error": "malformed_json", "detail": detail}), None),
+            Self::BadJson(detail) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "malformed_json", "detail": detail}),
+                None,
+            ),
             Self::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 json!({"error": "unsupported_media_type", "detail": "Content-Type must be application/json"}),
@@ -99,7 +114,10 @@ impl IntoResponse for ApiError {
                 json!({"error": "queue_full", "detail": "the queue is above its high-water mark; retry later"}),
                 Some(retry_after),
             ),
-            Self::Unavailable { dependency, retry_after } => (
+            Self::Unavailable {
+                dependency,
+                retry_after,
+            } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "unavailable", "detail": format!("{dependency} is unavailable"), "dependency": dependency}),
                 Some(retry_after),

@@ -20,10 +20,18 @@ use axum::{
     routing::{get, post},
 };
 use serde_json::{Value, json};
-use sluice_core::{Event, ValidationError, event::parse_batch, health::Health, telemetry::{HttpMetrics, Metrics}, wire::BatchMessage};
+use sluice_core::{
+    Event, ValidationError,
+    event::parse_batch,
+    health::Health,
+    telemetry::{HttpMetrics, Metrics},
+    wire::BatchMessage,
+};
 use sluice_resilience::limiter::KeyedLimiter;
 
-use crate::{config::Config, error::ApiError, metrics::AggregatorMetrics, queue::Stream, store::Store};
+use crate::{
+    config::Config, error::ApiError, metrics::AggregatorMetrics, queue::Stream, store::Store,
+};
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -39,7 +47,12 @@ pub struct ApiState {
 }
 
 /// Every route, with request metrics and the request timeout.
-pub fn router(state: Arc<ApiState>, health: &Health, metrics: &Metrics, http_metrics: HttpMetrics) -> Router {
+pub fn router(
+    state: Arc<ApiState>,
+    health: &Health,
+    metrics: &Metrics,
+    http_metrics: HttpMetrics,
+) -> Router {
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
     Router::new()
         .route("/", get(root))
@@ -49,13 +62,18 @@ pub fn router(state: Arc<ApiState>, health: &Health, metrics: &Metrics, http_met
         .with_state(state)
         .merge(health.router())
         .merge(metrics.router())
-        .layer(middleware::from_fn(move |req: Request, next: Next| async move {
-            match tokio::time::timeout(timeout, next.run(req)).await {
-                Ok(response) => response,
-                Err(_) => ApiError::Timeout.into_response(),
-            }
-        }))
-        .layer(middleware::from_fn_with_state(http_metrics, HttpMetrics::track))
+        .layer(middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::Timeout.into_response(),
+                }
+            },
+        ))
+        .layer(middleware::from_fn_with_state(
+            http_metrics,
+            HttpMetrics::track,
+        ))
 }
 
 async fn root() -> Json<Value> {
@@ -89,11 +107,17 @@ async fn publish(
     let bytes: Bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| reject("too_large", ApiError::TooLarge(limit)))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| reject("malformed_json", ApiError::BadJson(e.to_string())))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| reject("malformed_json", ApiError::BadJson(e.to_string())))?;
     let events = parse_batch(&value).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
     check_limits(&state.config, &events).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
     if state.backlog.load(Ordering::Relaxed) >= state.config.high_water_mark {
-        return Err(reject("queue_full", ApiError::QueueFull { retry_after: Duration::from_secs(1) }));
+        return Err(reject(
+            "queue_full",
+            ApiError::QueueFull {
+                retry_after: Duration::from_secs(1),
+            },
+        ));
     }
     let count = events.len();
     let trace_id = headers
@@ -117,20 +141,40 @@ async fn publish(
         }
         Ok(Err(err)) => {
             tracing::warn!(%trace_id, error = %err, "queueing failed");
-            Err(reject("redis", ApiError::Unavailable { dependency: "redis", retry_after: Duration::from_secs(1) }))
+            Err(reject(
+                "redis",
+                ApiError::Unavailable {
+                    dependency: "redis",
+                    retry_after: Duration::from_secs(1),
+                },
+            ))
         }
         Err(_) => {
             tracing::warn!(%trace_id, ?timeout, "queueing timed out");
-            Err(reject("redis", ApiError::Unavailable { dependency: "redis", retry_after: Duration::from_secs(1) }))
+            Err(reject(
+                "redis",
+                ApiError::Unavailable {
+                    dependency: "redis",
+                    retry_after: Duration::from_secs(1),
+                },
+            ))
         }
     }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -144,7 +188,9 @@ fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError
         });
     }
     for (i, event) in events.iter().enumerate() {
-        let size = serde_json::to_vec(&event.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&event.payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > config.max_payload_bytes {
             return Err(ValidationError {
                 index: Some(i),
@@ -156,7 +202,10 @@ fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError
     Ok(())
 }
 
-async fn events(State(state): State<Arc<ApiState>>, Query(query): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+async fn events(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let limit = match query.get("limit") {
         None => 100,
         Some(raw) => match raw.parse::<i64>() {
@@ -169,13 +218,21 @@ async fn events(State(state): State<Arc<ApiState>>, Query(query): Query<HashMap<
             }
         },
     };
-    let topic = query.get("topic").map(String::as_str).filter(|t| !t.is_empty());
-    let rows = state.store.recent(topic, limit).await.map_err(|err| unavailable_db(&err))?;
+    let topic = query
+        .get("topic")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty());
+    let rows = state
+        .store
+        .recent(topic, limit)
+        .await
+        .map_err(|err| unavailable_db(&err))?;
     Ok(Json(rows).into_response())
 }
 
 async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let (counters, topics) = tokio::try_join!(state.store.counters(), state.store.topics()).map_err(|err| unavailable_db(&err))?;
+    let (counters, topics) = tokio::try_join!(state.store.counters(), state.store.topics())
+        .map_err(|err| unavailable_db(&err))?;
     let backlog = state.stream.backlog().await.ok();
     Ok(Json(json!({
         "received": counters.received,
@@ -208,7 +265,10 @@ mod tests {
     fn json_content_types() {
         let with = |ct: &str| {
             let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).expect("header"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(ct).expect("header"),
+            );
             is_json(&h)
         };
         assert!(with("application/json"));

@@ -42,10 +42,6 @@ use sluice_resilience::limiter::KeyedLimiter;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::{
-    config::Config,
-    error::{Error, Result},
-};
 use crate::{
     amqp::AmqpIngress,
     http::ApiState,
@@ -53,6 +49,10 @@ use crate::{
     queue::{Consumer, Stream},
     store::Store,
     worker::Worker,
+};
+pub use crate::{
+    config::Config,
+    error::{Error, Result},
 };
 
 /// How often the stream's length is read for `/publish`'s high-water check and the gauges.
@@ -78,18 +78,29 @@ impl App {
         let metrics = Metrics::new("aggregator")?;
         let aggregator_metrics = AggregatorMetrics::new(&metrics)?;
         let http_metrics = HttpMetrics::new(&metrics)?;
-        let store = Arc::new(Store::connect_lazy(config.database_url.expose(), config.database_pool_size)?);
-        let publish_conn = queue::connect(config.redis_url.expose(), Config::ms(config.publish_timeout_ms)).await?;
+        let store = Arc::new(Store::connect_lazy(
+            config.database_url.expose(),
+            config.database_pool_size,
+        )?);
+        let publish_conn = queue::connect(
+            config.redis_url.expose(),
+            Config::ms(config.publish_timeout_ms),
+        )
+        .await?;
         let stream = Stream::new(publish_conn, &config.stream_key, &config.consumer_group);
         stream.ensure_group().await?;
         if let Err(err) = store.migrate().await {
             tracing::warn!(error = %err, "migrations not applied yet (Postgres unreachable?); workers retry");
         }
         let limiter = if config.rate_limit_per_client > 0.0 {
-            Some(KeyedLimiter::new(config.rate_limit_per_client, config.rate_limit_burst).map_err(|e| Error::Config {
-                setting: "SLUICE_AGGREGATOR_RATE_LIMIT_PER_CLIENT",
-                reason: e.to_string(),
-            })?)
+            Some(
+                KeyedLimiter::new(config.rate_limit_per_client, config.rate_limit_burst).map_err(
+                    |e| Error::Config {
+                        setting: "SLUICE_AGGREGATOR_RATE_LIMIT_PER_CLIENT",
+                        reason: e.to_string(),
+                    },
+                )?,
+            )
         } else {
             None
         };
@@ -151,7 +162,11 @@ impl App {
         // Counter rows of this process: random so replicas rarely share one.
         let shard_base = fastrand::i32(0..10_000_000) * 100;
         for i in 0..config.worker_count {
-            let conn = queue::connect(config.redis_url.expose(), Config::ms(config.read_block_ms) + Duration::from_secs(5)).await?;
+            let conn = queue::connect(
+                config.redis_url.expose(),
+                Config::ms(config.read_block_ms) + Duration::from_secs(5),
+            )
+            .await?;
             let worker = Worker {
                 consumer: Consumer::new(
                     conn,
@@ -179,7 +194,11 @@ impl App {
             };
             tasks.spawn(ingress.run(shutdown.clone()));
         }
-        tasks.spawn(maintain(state.clone(), shutdown.clone(), Duration::from_secs(config.consumed_retention_hours * 3600)));
+        tasks.spawn(maintain(
+            state.clone(),
+            shutdown.clone(),
+            Duration::from_secs(config.consumed_retention_hours * 3600),
+        ));
 
         let router = http::router(state.clone(), &health, &metrics, http_metrics);
         health.set_ready(true);
@@ -193,8 +212,16 @@ impl App {
         let served = server.serve(router, shutdown.clone()).await;
         shutdown.cancel();
         let deadline = Config::ms(config.shutdown_timeout_ms);
-        if tokio::time::timeout(deadline, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!(?deadline, "workers did not stop in time; aborting them (their entries stay pending)");
+        if tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                ?deadline,
+                "workers did not stop in time; aborting them (their entries stay pending)"
+            );
             tasks.abort_all();
         }
         tracing::info!("aggregator stopped");
@@ -208,8 +235,14 @@ async fn maintain(state: Arc<ApiState>, shutdown: CancellationToken, retention: 
     loop {
         if let Ok(b) = state.stream.backlog().await {
             state.backlog.store(b.length, Ordering::Relaxed);
-            state.metrics.stream_length.set(i64::try_from(b.length).unwrap_or(i64::MAX));
-            state.metrics.stream_pending.set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+            state
+                .metrics
+                .stream_length
+                .set(i64::try_from(b.length).unwrap_or(i64::MAX));
+            state
+                .metrics
+                .stream_pending
+                .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
         }
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + Duration::from_secs(600);

@@ -9,6 +9,8 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_json_logs("sluice-aggregator");
     let config = Config::from_env().context("configuration")?;
     let shutdown = shutdown::on_signal();
-    let app = App::build(config).await.context("starting the aggregator")?;
+    let app = App::build(config)
+        .await
+        .context("starting the aggregator")?;
     app.run(shutdown).await.context("running the aggregator")
 }

@@ -43,18 +43,36 @@ impl AggregatorMetrics {
             Ok(metrics.register(Histogram::with_opts(opts).map_err(sluice_core::Error::from)?)?)
         };
         Ok(Self {
-            accepted: counter("sluice_aggregator_events_accepted_total", "Events accepted into the queue")?,
+            accepted: counter(
+                "sluice_aggregator_events_accepted_total",
+                "Events accepted into the queue",
+            )?,
             rejected: metrics.register(
                 IntCounterVec::new(
-                    Opts::new("sluice_aggregator_requests_rejected_total", "Publish requests refused, by reason"),
+                    Opts::new(
+                        "sluice_aggregator_requests_rejected_total",
+                        "Publish requests refused, by reason",
+                    ),
                     &["reason"],
                 )
                 .map_err(sluice_core::Error::from)?,
             )?,
-            received: counter("sluice_aggregator_events_received_total", "Events consumed from the queue")?,
-            unique: counter("sluice_aggregator_events_unique_total", "Events stored (first time seen)")?,
-            duplicates: counter("sluice_aggregator_events_duplicate_total", "Events dropped as duplicates")?,
-            dead_lettered: counter("sluice_aggregator_dead_lettered_total", "Queue entries moved to dead letter")?,
+            received: counter(
+                "sluice_aggregator_events_received_total",
+                "Events consumed from the queue",
+            )?,
+            unique: counter(
+                "sluice_aggregator_events_unique_total",
+                "Events stored (first time seen)",
+            )?,
+            duplicates: counter(
+                "sluice_aggregator_events_duplicate_total",
+                "Events dropped as duplicates",
+            )?,
+            dead_lettered: counter(
+                "sluice_aggregator_dead_lettered_total",
+                "Queue entries moved to dead letter",
+            )?,
             redelivered: counter(
                 "sluice_aggregator_redelivered_entries_total",
                 "Queue entries delivered again after being stored (not counted twice)",
@@ -62,15 +80,25 @@ impl AggregatorMetrics {
             batch_size: histogram(
                 "sluice_aggregator_batch_events",
                 "Events per database transaction",
-                vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0],
+                vec![
+                    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+                ],
             )?,
             commit_seconds: histogram(
                 "sluice_aggregator_commit_seconds",
                 "Duration of one database transaction",
-                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
             )?,
-            stream_length: gauge("sluice_aggregator_stream_length", "Entries in the stream, not yet stored")?,
-            stream_pending: gauge("sluice_aggregator_stream_pending", "Entries delivered, not yet acknowledged")?,
+            stream_length: gauge(
+                "sluice_aggregator_stream_length",
+                "Entries in the stream, not yet stored",
+            )?,
+            stream_pending: gauge(
+                "sluice_aggregator_stream_pending",
+                "Entries delivered, not yet acknowledged",
+            )?,
         })
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use redis::{
     AsyncCommands, Client, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
-    streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply},
+    streams::{
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+    },
 };
 
 use crate::Result;
@@ -33,7 +35,10 @@ impl From<StreamId> for Entry {
             Some(Value::BulkString(bytes)) => Some(bytes.clone()),
             _ => None,
         };
-        Self { id: entry.id, payload }
+        Self {
+            id: entry.id,
+            payload,
+        }
     }
 }
 
@@ -58,7 +63,10 @@ pub struct Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("key", &self.key).field("group", &self.group).finish()
+        f.debug_struct("Stream")
+            .field("key", &self.key)
+            .field("group", &self.group)
+            .finish()
     }
 }
 
@@ -81,7 +89,9 @@ impl Stream {
     /// Creates the consumer group (and the stream) unless it exists.
     pub async fn ensure_group(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.key, &self.group, "0").await;
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(&self.key, &self.group, "0")
+            .await;
         match created {
             Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
             other => Ok(other?),
@@ -105,7 +115,10 @@ impl Stream {
             .query_async(&mut conn)
             .await?;
         let pending = match pending {
-            Value::Array(items) => items.first().and_then(|v| redis::from_redis_value_ref::<u64>(v).ok()).unwrap_or(0),
+            Value::Array(items) => items
+                .first()
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                .unwrap_or(0),
             _ => 0,
         };
         Ok(Backlog { length, pending })
@@ -120,7 +133,11 @@ impl Stream {
             .xadd(
                 format!("{}:dead", self.key),
                 "*",
-                &[("entry_id", entry.id.as_bytes()), ("reason", reason.as_bytes()), (FIELD, &payload)],
+                &[
+                    ("entry_id", entry.id.as_bytes()),
+                    ("reason", reason.as_bytes()),
+                    (FIELD, &payload),
+                ],
             )
             .ignore()
             .xack(&self.key, &self.group, &[&entry.id])
@@ -158,12 +175,21 @@ pub struct Consumer {
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("name", &self.name).finish()
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl Consumer {
-    pub fn new(conn: ConnectionManager, stream: Stream, name: String, count: usize, block: Duration, claim_idle: Duration) -> Self {
+    pub fn new(
+        conn: ConnectionManager,
+        stream: Stream,
+        name: String,
+        count: usize,
+        block: Duration,
+        claim_idle: Duration,
+    ) -> Self {
         Self {
             conn,
             stream,
@@ -191,11 +217,16 @@ impl Consumer {
     }
 
     async fn read(&mut self, from: &str, block: Option<Duration>) -> Result<Vec<Entry>> {
-        let mut opts = StreamReadOptions::default().group(&self.stream.group, &self.name).count(self.count);
+        let mut opts = StreamReadOptions::default()
+            .group(&self.stream.group, &self.name)
+            .count(self.count);
         if let Some(block) = block {
             opts = opts.block(usize::try_from(block.as_millis()).unwrap_or(usize::MAX));
         }
-        let reply: Option<StreamReadReply> = self.conn.xread_options(&[&self.stream.key], &[from], &opts).await?;
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[&self.stream.key], &[from], &opts)
+            .await?;
         Ok(reply
             .into_iter()
             .flat_map(|r| r.keys)
@@ -210,7 +241,14 @@ impl Consumer {
         let opts = StreamAutoClaimOptions::default().count(self.count);
         let reply: StreamAutoClaimReply = self
             .conn
-            .xautoclaim_options(&self.stream.key, &self.stream.group, &self.name, idle, &self.claim_cursor, opts)
+            .xautoclaim_options(
+                &self.stream.key,
+                &self.stream.group,
+                &self.name,
+                idle,
+                &self.claim_cursor,
+                opts,
+            )
             .await?;
         self.claim_cursor = reply.next_stream_id;
         Ok(reply.claimed.into_iter().map(Entry::from).collect())

@@ -116,10 +116,12 @@ impl Store {
         let unique = insert_events(&mut tx, &events).await?;
         let new_topics = self.unknown_topics(&events);
         if !new_topics.is_empty() {
-            sqlx::query("INSERT INTO topics (topic) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING")
-                .bind(&new_topics)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO topics (topic) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&new_topics)
+            .execute(&mut *tx)
+            .await?;
         }
         let outcome = WriteOutcome {
             fresh_entries: fresh.len() as u64,
@@ -149,7 +151,10 @@ impl Store {
     }
 
     fn unknown_topics(&self, events: &[&Event]) -> Vec<String> {
-        let known = self.known_topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = self
+            .known_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut new: Vec<String> = events
             .iter()
             .filter(|e| !known.contains(&e.topic))
@@ -161,7 +166,10 @@ impl Store {
     }
 
     fn remember_topics(&self, topics: Vec<String>) {
-        let mut known = self.known_topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut known = self
+            .known_topics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         known.extend(topics);
     }
 
@@ -183,9 +191,11 @@ impl Store {
 
     /// Every topic seen, sorted.
     pub async fn topics(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT topic FROM topics ORDER BY topic")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT topic FROM topics ORDER BY topic")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// The latest stored events, newest `processed_at` first.
@@ -193,17 +203,21 @@ impl Store {
         const COLUMNS: &str = "SELECT topic, event_id, timestamp, source, payload, processed_at FROM processed_events";
         let rows = match topic {
             Some(topic) => {
-                sqlx::query_as(&format!("{COLUMNS} WHERE topic = $1 ORDER BY processed_at DESC, id DESC LIMIT $2"))
-                    .bind(topic)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(&format!(
+                    "{COLUMNS} WHERE topic = $1 ORDER BY processed_at DESC, id DESC LIMIT $2"
+                ))
+                .bind(topic)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
             }
             None => {
-                sqlx::query_as(&format!("{COLUMNS} ORDER BY processed_at DESC, id DESC LIMIT $1"))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(&format!(
+                    "{COLUMNS} ORDER BY processed_at DESC, id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         Ok(rows)
@@ -211,10 +225,11 @@ impl Store {
 
     /// Forgets consumed entries older than `age`; returns how many.
     pub async fn prune_consumed(&self, age: Duration) -> Result<u64> {
-        let result = sqlx::query("DELETE FROM consumed_entries WHERE consumed_at < now() - $1::interval")
-            .bind(format!("{} seconds", age.as_secs()))
-            .execute(&self.pool)
-            .await?;
+        let result =
+            sqlx::query("DELETE FROM consumed_entries WHERE consumed_at < now() - $1::interval")
+                .bind(format!("{} seconds", age.as_secs()))
+                .execute(&self.pool)
+                .await?;
         Ok(result.rows_affected())
     }
 
@@ -247,7 +262,11 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[&Event]) ->
         return Ok(0);
     }
     let n = events.len();
-    let (mut topics, mut ids, mut sources) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut topics, mut ids, mut sources) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let (mut times, mut payloads) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for e in events {
         topics.push(e.topic.as_str());

@@ -40,7 +40,10 @@ impl Worker {
         let mut next_claim = Instant::now();
         while !shutdown.is_cancelled() {
             let read = if !own_pending_done {
-                self.consumer.own_pending().await.inspect(|e| own_pending_done = e.is_empty())
+                self.consumer
+                    .own_pending()
+                    .await
+                    .inspect(|e| own_pending_done = e.is_empty())
             } else if Instant::now() >= next_claim {
                 next_claim = Instant::now() + CLAIM_EVERY;
                 self.consumer.claim_stale().await
@@ -111,7 +114,11 @@ impl Worker {
     }
 
     /// Writes until it succeeds; `None` if shutdown came first.
-    async fn store_until_done(&mut self, batches: &[QueuedBatch], shutdown: &CancellationToken) -> Option<WriteOutcome> {
+    async fn store_until_done(
+        &mut self,
+        batches: &[QueuedBatch],
+        shutdown: &CancellationToken,
+    ) -> Option<WriteOutcome> {
         let mut backoff = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5))
             .with_jitter(Jitter::Full)
             .delays();
@@ -119,7 +126,9 @@ impl Worker {
             let started = Instant::now();
             match self.store.write(self.shard, batches).await {
                 Ok(outcome) => {
-                    self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     return Some(outcome);
                 }
                 Err(err) if err.is_permanent() => {
@@ -142,7 +151,11 @@ impl Worker {
     async fn store_one_by_one(&mut self, batches: &[QueuedBatch]) -> Option<WriteOutcome> {
         let mut total = WriteOutcome::default();
         for batch in batches {
-            match self.store.write(self.shard, std::slice::from_ref(batch)).await {
+            match self
+                .store
+                .write(self.shard, std::slice::from_ref(batch))
+                .await
+            {
                 Ok(o) => {
                     total.fresh_entries += o.fresh_entries;
                     total.received += o.received;
@@ -152,7 +165,9 @@ impl Worker {
                 Err(err) if err.is_permanent() => {
                     let entry = Entry {
                         id: batch.entry_id.clone(),
-                        payload: BatchMessage::new(batch.events.clone(), None).to_bytes().ok(),
+                        payload: BatchMessage::new(batch.events.clone(), None)
+                            .to_bytes()
+                            .ok(),
                     };
                     self.dead_letter(&entry, &err.to_string()).await;
                 }
@@ -169,7 +184,9 @@ impl Worker {
         tracing::error!(entry_id = %entry.id, %reason, "queue entry cannot be stored; moved to the dead-letter stream");
         match self.consumer.stream().dead_letter(entry, reason).await {
             Ok(()) => self.metrics.dead_lettered.inc(),
-            Err(err) => tracing::error!(error = %err, entry_id = %entry.id, "dead-lettering failed; the entry stays pending"),
+            Err(err) => {
+                tracing::error!(error = %err, entry_id = %entry.id, "dead-lettering failed; the entry stays pending")
+            }
         }
     }
 
@@ -192,7 +209,8 @@ fn decode(entry: &Entry) -> Result<Vec<sluice_core::Event>, String> {
 }
 
 fn redis_backoff() -> Backoff {
-    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2)).with_jitter(Jitter::Full)
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(2))
+        .with_jitter(Jitter::Full)
 }
 
 async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) {

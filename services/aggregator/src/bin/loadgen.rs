@@ -21,7 +21,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice-loadgen", about = "Load generator for the sluice aggregator")]
+#[command(
+    name = "sluice-loadgen",
+    about = "Load generator for the sluice aggregator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,11 +124,19 @@ impl Generator {
     /// (topic, event_id) of the next event and whether it is a duplicate.
     fn next_key(&mut self) -> (String, String, bool) {
         let dup = self.next_id > 0 && self.rng.f64() < self.duplicate_rate;
-        let n = if dup { self.rng.u64(0..self.next_id) } else { self.next_id };
+        let n = if dup {
+            self.rng.u64(0..self.next_id)
+        } else {
+            self.next_id
+        };
         if !dup {
             self.next_id += 1;
         }
-        (format!("topic-{}", n % self.topics), format!("c{}-{n}", self.client), dup)
+        (
+            format!("topic-{}", n % self.topics),
+            format!("c{}-{n}", self.client),
+            dup,
+        )
     }
 
     fn event(&mut self) -> (Value, bool) {
@@ -148,12 +159,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
     let publish = format!("{}/publish", args.url.trim_end_matches('/'));
     let stats_url = format!("{}/stats", args.url.trim_end_matches('/'));
     let received_before = stats(&client, &stats_url).await?.0;
     let per_client = args.load.events.div_ceil(args.load.clients.max(1));
-    let deadline = args.duration_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration_secs
+        .map(|s| Instant::now() + Duration::from_secs(s));
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -173,7 +188,11 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
                 if done {
                     break;
                 }
-                let n = if deadline.is_some() { generator.batch_len() } else { generator.batch_len().min(remaining as usize) };
+                let n = if deadline.is_some() {
+                    generator.batch_len()
+                } else {
+                    generator.batch_len().min(remaining as usize)
+                };
                 let mut events = Vec::with_capacity(n);
                 for _ in 0..n {
                     let (e, dup) = generator.event();
@@ -191,7 +210,11 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
                     }
                     Ok(r) => {
                         rejected += 1;
-                        let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+                        let wait = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .unwrap_or(1);
                         tokio::time::sleep(Duration::from_secs(wait)).await;
                     }
                     Err(_) => rejected += 1,
@@ -208,7 +231,11 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                eprintln!("… {} events accepted after {:.0?}", sent.load(Ordering::Relaxed), start.elapsed());
+                eprintln!(
+                    "… {} events accepted after {:.0?}",
+                    sent.load(Ordering::Relaxed),
+                    start.elapsed()
+                );
             }
         })
     };
@@ -237,7 +264,10 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or_default()
     );
     let (received_now, _) = stats(&client, &stats_url).await?;
-    println!("consumed at end of load: {} of {total}", received_now - received_before);
+    println!(
+        "consumed at end of load: {} of {total}",
+        received_now - received_before
+    );
     if args.wait_consumed {
         let load_end = Instant::now();
         loop {
@@ -262,8 +292,17 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
 }
 
 async fn stats(client: &reqwest::Client, url: &str) -> anyhow::Result<(i64, Value)> {
-    let v: Value = client.get(url).send().await?.error_for_status()?.json().await?;
-    Ok((v["received"].as_i64().context("/stats has no `received`")?, v))
+    let v: Value = client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok((
+        v["received"].as_i64().context("/stats has no `received`")?,
+        v,
+    ))
 }
 
 async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
@@ -312,7 +351,10 @@ async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
         total += t.await??;
     }
     let took = start.elapsed();
-    println!("ceiling: {total} events in {took:.2?}: {:.0} events/s", total as f64 / took.as_secs_f64());
+    println!(
+        "ceiling: {total} events in {took:.2?}: {:.0} events/s",
+        total as f64 / took.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -1,0 +1,10 @@
+//! The aggregator against real Postgres, Redis and RabbitMQ: the HTTP contract, exact dedup,
+//! crashes, dependency outages, abuse limits and the AMQP ingress.
+
+mod abuse;
+mod amqp;
+mod api;
+mod crash;
+mod dedup;
+mod faults;
+mod support;
