@@ -52,6 +52,23 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", &id[..12])
 }
 
+/// `host:port` of a URL such as `scheme://user:pw@host:port/path`.
+fn host_port(url: &str) -> &str {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split(['/', '?']).next().unwrap_or_default();
+    authority.rsplit_once('@').map_or(authority, |(_, hp)| hp)
+}
+
+/// The socket address a URL points at.
+fn socket_addr(url: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use anyhow::Context;
+    let host_port = host_port(url);
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .with_context(|| format!("resolving {host_port}"))?
+        .next()
+        .with_context(|| format!("no address for {host_port}"))
+}
+
 fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }

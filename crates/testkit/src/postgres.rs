@@ -73,6 +73,17 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The server's socket address, e.g. to put a [`FaultProxy`](crate::FaultProxy) in front.
+    pub fn addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        crate::socket_addr(&self.server)
+    }
+
+    /// This database's URL with the server address replaced by `addr` (a proxy's).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        self.url
+            .replacen(crate::host_port(&self.server), &addr.to_string(), 1)
+    }
 }
 
 impl Drop for TestDatabase {

@@ -53,16 +53,7 @@ impl TestRedis {
 
     /// The server's socket address, e.g. to put a [`FaultProxy`](crate::FaultProxy) in front.
     pub fn addr(&self) -> anyhow::Result<std::net::SocketAddr> {
-        let authority = self
-            .url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, rest)| rest);
-        let host_port = authority.split('/').next().unwrap_or_default();
-        let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
-        std::net::ToSocketAddrs::to_socket_addrs(host_port)
-            .with_context(|| format!("resolving {host_port}"))?
-            .next()
-            .with_context(|| format!("no address for {host_port}"))
+        crate::socket_addr(&self.url)
     }
 
     /// A multiplexed connection that reconnects by itself.

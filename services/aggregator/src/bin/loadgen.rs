@@ -8,6 +8,11 @@
 //! sluice-loadgen ceiling --database-url postgres://… --events 1000000 --batch-size 500 --clients 10
 //! ```
 
+#![expect(
+    clippy::print_stdout,
+    reason = "a command-line tool: its report goes to stdout"
+)]
+
 use std::{
     sync::{
         Arc,

@@ -8,22 +8,12 @@ use sluice_testkit::{FaultProxy, InProcess, TestDatabase, TestRedis, eventually}
 
 use crate::support::{config, db_totals, event, wait_received};
 
-fn pg_addr(db: &TestDatabase) -> anyhow::Result<std::net::SocketAddr> {
-    let after = db.url().split_once('@').map_or(db.url(), |(_, rest)| rest);
-    let host_port = after.split('/').next().unwrap_or_default();
-    Ok(std::net::ToSocketAddrs::to_socket_addrs(host_port)?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no address"))?)
-}
-
 #[tokio::test]
 async fn postgres_down_accepts_up_to_the_high_water_mark_then_drains_when_back()
 -> anyhow::Result<()> {
     let (db, redis) = tokio::try_join!(TestDatabase::create(), TestRedis::create())?;
-    let proxy = FaultProxy::start(pg_addr(&db)?).await?;
-    let proxied = db
-        .url()
-        .replace(&pg_addr(&db)?.to_string(), &proxy.addr().to_string());
+    let proxy = FaultProxy::start(db.addr()?).await?;
+    let proxied = db.url_via(proxy.addr());
     let mut cfg = config(&proxied, redis.url(), &redis.key("events"));
     cfg.high_water_mark = 5;
     let app = App::build(cfg).await?;
