@@ -5,10 +5,13 @@ SHELL := bash
 
 CARGO ?= cargo
 # Services built so far: directory under services/ = package sluice-<name> (see scripts/run.sh).
-SERVICES :=
+SERVICES := aggregator
 LOG := .deps/make-test.log
+# Where `make run` and `make dev-<service>` point the services (the servers of scripts/deps.sh).
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice
+export REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: help up down deps deps-up run stop test lint lint-deploy fmt bench doc
+.PHONY: help up down deps deps-up dev-db run stop test lint lint-deploy fmt bench doc
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -26,14 +29,18 @@ deps: ## install and start the local dependency servers (no Docker needed)
 deps-up: ## dependencies only, in containers, for `cargo run -p …`
 	docker compose up -d postgres redis rabbitmq kafka mongo
 
-run: deps ## the stack without Docker: dependency servers + every service as a process
+run: deps dev-db ## the stack without Docker: dependency servers + every service as a process
 	@scripts/run.sh start $(SERVICES)
 
 stop: ## stop what `make run` started
 	@scripts/run.sh stop
 
-dev-%: deps ## run one service from source against local dependencies (make dev-aggregator)
-	$(CARGO) run -p sluice-$*
+dev-%: deps dev-db ## run one service from source against local dependencies (make dev-aggregator)
+	$(CARGO) run -p sluice-$* --bin sluice-$*
+
+dev-db:
+	@psql "$${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$${DATABASE_URL##*/}'" | grep -q 1 \
+	  || psql "$${DATABASE_URL%/*}/postgres" -qc 'CREATE DATABASE "'"$${DATABASE_URL##*/}"'"'
 
 # Quiet on success, loud on failure: each step's output goes to $(LOG) and is shown when it fails.
 test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + all tests
