@@ -70,7 +70,8 @@ fmt: ## format the code
 	$(CARGO) fmt --all
 
 bench: deps ## benchmarks; figures go to docs/benchmarks.md
-	$(CARGO) bench --workspace
+	$(CARGO) bench -p sluice-resilience
+	scripts/bench/aggregator.sh
 
 doc: ## API documentation
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps

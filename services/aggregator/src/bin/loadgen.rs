@@ -77,9 +77,16 @@ struct HttpArgs {
     /// Pause of each client between requests.
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
+    /// Pace the clients to this many events per second in all (instead of pausing).
+    #[arg(long)]
+    rate: Option<f64>,
     /// After the load, poll /stats until every accepted event is consumed and report when.
     #[arg(long)]
     wait_consumed: bool,
+    /// During the load, every 50 ms publish one probe event and time how long until
+    /// `/events?topic=…` shows it (publish-to-visible latency).
+    #[arg(long)]
+    probe: bool,
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +188,15 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         let mut generator = Generator::new(&args.load, c)?;
         let (client, publish, sent) = (client.clone(), publish.clone(), sent.clone());
         let pause = Duration::from_millis(args.pause_ms);
+        let mut pacer = match args.rate {
+            Some(rate) if rate > 0.0 => {
+                let per_request = generator.batch.0 as f64 * args.load.clients.max(1) as f64 / rate;
+                let mut interval = tokio::time::interval(Duration::from_secs_f64(per_request));
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(interval)
+            }
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let (mut mine, mut dups, mut rejected) = (0u64, 0u64, 0u64);
@@ -192,6 +208,9 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
                 };
                 if done {
                     break;
+                }
+                if let Some(pacer) = pacer.as_mut() {
+                    pacer.tick().await;
                 }
                 let n = if deadline.is_some() {
                     generator.batch_len()
@@ -231,6 +250,15 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
             (latencies, mine, dups, rejected)
         }));
     }
+    let probe = args.probe.then(|| {
+        tokio::spawn(probe_visibility(
+            client.clone(),
+            args.url.clone(),
+            sent.clone(),
+            per_client * args.load.clients.max(1),
+            deadline,
+        ))
+    });
     let progress = {
         let sent = sent.clone();
         tokio::spawn(async move {
@@ -268,6 +296,17 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
+    if let Some(probe) = probe {
+        let mut visible = probe.await??;
+        visible.sort();
+        println!(
+            "publish-to-visible ({} probes) p50 {:.2?} p99 {:.2?} max {:.2?}",
+            visible.len(),
+            percentile(&visible, 0.50),
+            percentile(&visible, 0.99),
+            visible.last().copied().unwrap_or_default()
+        );
+    }
     let (received_now, _) = stats(&client, &stats_url).await?;
     println!(
         "consumed at end of load: {} of {total}",
@@ -294,6 +333,53 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Publishes a probe event every 50 ms while the load runs and measures 202 → visible in /events.
+async fn probe_visibility(
+    client: reqwest::Client,
+    base: String,
+    sent: Arc<AtomicU64>,
+    target: u64,
+    deadline: Option<Instant>,
+) -> anyhow::Result<Vec<Duration>> {
+    let base = base.trim_end_matches('/').to_owned();
+    let topic = format!("probe-{}", std::process::id());
+    let mut latencies = Vec::new();
+    for n in 0u64.. {
+        let running = match deadline {
+            Some(d) => Instant::now() < d,
+            None => sent.load(Ordering::Relaxed) < target,
+        };
+        if !running {
+            break;
+        }
+        let id = format!("probe-{n}");
+        let event = json!({"topic": topic, "event_id": id, "source": "probe", "timestamp": chrono::Utc::now().to_rfc3339()});
+        let r = client
+            .post(format!("{base}/publish"))
+            .json(&event)
+            .send()
+            .await?;
+        if r.status().as_u16() != 202 {
+            continue;
+        }
+        let accepted = Instant::now();
+        let url = format!("{base}/events?topic={topic}&limit=1");
+        loop {
+            let latest: Value = client.get(&url).send().await?.json().await?;
+            if latest[0]["event_id"].as_str() == Some(id.as_str()) {
+                latencies.push(accepted.elapsed());
+                break;
+            }
+            if accepted.elapsed() > Duration::from_secs(30) {
+                bail!("probe {id} not visible after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(latencies)
 }
 
 async fn stats(client: &reqwest::Client, url: &str) -> anyhow::Result<(i64, Value)> {
