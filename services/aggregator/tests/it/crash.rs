@@ -88,9 +88,14 @@ async fn sigkill_mid_consumption_then_restart_loses_nothing_and_counts_nothing_t
         "the kill must come mid-consumption (consumed {at_kill} already)"
     );
 
-    let second = spawn_child(&env(&db, &redis, "crash-a")).await?;
+    let mut second = spawn_child(&env(&db, &redis, "crash-a")).await?;
     wait_received(&http, &second.url(""), EVENTS as i64).await?;
-    assert_exact(&db, distinct).await
+    assert_exact(&db, distinct).await?;
+    // And a clean stop: SIGTERM ends the process with success.
+    let status = second.terminate(std::time::Duration::from_secs(30)).await?;
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    assert!(second.logs().iter().any(|l| l.contains("aggregator stopped")));
+    Ok(())
 }
 
 #[tokio::test]
