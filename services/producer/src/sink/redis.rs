@@ -1,0 +1,61 @@
+//! The aggregator's Redis stream: one entry per batch, in the aggregator's wire format.
+
+use redis::{AsyncCommands, aio::ConnectionManager};
+use sluice_core::{Event, wire::BatchMessage};
+
+use super::{DeadLetterFile, Delivered};
+use crate::{Result, record::Record};
+
+/// Appends batches of valid events; invalid ones go to the dead-letter file.
+#[derive(Clone)]
+pub struct RedisSink {
+    conn: ConnectionManager,
+    key: String,
+    dead: DeadLetterFile,
+}
+
+impl std::fmt::Debug for RedisSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSink").field("key", &self.key).finish()
+    }
+}
+
+impl RedisSink {
+    pub async fn connect(url: &str, key: &str, dead: DeadLetterFile) -> Result<Self> {
+        let conn = ConnectionManager::new(redis::Client::open(url)?).await?;
+        Ok(Self {
+            conn,
+            key: key.to_owned(),
+            dead,
+        })
+    }
+
+    pub async fn send(&mut self, records: &[Record]) -> Result<Delivered> {
+        let mut events = Vec::with_capacity(records.len());
+        let mut poison = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            match &record.body {
+                Ok(body) => match Event::from_json(body, Some(i)) {
+                    Ok(e) => events.push(e),
+                    Err(e) => poison.push((record, format!("not an aggregator event: {e}"))),
+                },
+                Err(reason) => poison.push((record, reason.clone())),
+            }
+        }
+        self.dead.write(&poison).await?;
+        let sent = events.len() as u64;
+        if !events.is_empty() {
+            let bytes = BatchMessage::new(events, None).to_bytes()?;
+            let _: String = self.conn.xadd(&self.key, "*", &[("b", bytes)]).await?;
+        }
+        Ok(Delivered {
+            sent,
+            dead_lettered: poison.len() as u64,
+        })
+    }
+
+    pub async fn health_check(&mut self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn).await?;
+        Ok(())
+    }
+}
