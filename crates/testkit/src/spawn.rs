@@ -135,6 +135,19 @@ impl ChildService {
             .context("waiting for child")
     }
 
+    /// Waits up to `timeout` for the child to exit by itself.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "child still running after {timeout:?}; logs: {:?}",
+                    lines(&self.logs)
+                )
+            })?
+            .context("waiting for child")
+    }
+
     /// SIGKILL: the crash a test wants to survive.
     pub async fn kill(&mut self) -> anyhow::Result<ExitStatus> {
         self.child.start_kill().context("SIGKILL")?;

@@ -73,14 +73,8 @@ impl AmqpIngress {
         let channel = conn.create_channel().await?;
         let dead = conn.create_channel().await?;
         dead.confirm_select(ConfirmSelectOptions::default()).await?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
         for q in [self.queue.clone(), self.dead_letter_queue()] {
-            channel
-                .queue_declare(q.as_str().into(), durable, FieldTable::default())
-                .await?;
+            declare_if_missing(&conn, &channel, &q).await?;
         }
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -193,6 +187,37 @@ impl AmqpIngress {
         self.metrics.dead_lettered.inc();
         Ok(())
     }
+}
+
+/// Uses the queue as it is when it exists (the producer declares its queues as quorum queues
+/// with a dead-letter exchange; redeclaring with other arguments would fail), else declares a
+/// durable quorum queue.
+async fn declare_if_missing(conn: &Connection, channel: &Channel, queue: &str) -> Result<()> {
+    // A failed passive declare closes its channel, so it gets one of its own.
+    let probe = conn.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    if probe
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_ok()
+    {
+        let _ = probe.close(200, "probe done".into()).await;
+        return Ok(());
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel.queue_declare(queue.into(), durable, args).await?;
+    Ok(())
 }
 
 /// `amqp:<message id>`, or a stable hash of the body (FNV-1a) when there is no message id.

@@ -11,7 +11,10 @@
 
 use std::{
     collections::HashSet,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -68,6 +71,9 @@ pub struct StoredEvent {
 pub struct Store {
     pool: PgPool,
     known_topics: Mutex<HashSet<String>>,
+    /// Set once the migrations are applied; until then every write tries to apply them (the
+    /// service may start while Postgres is down).
+    migrated: AtomicBool,
 }
 
 impl Store {
@@ -85,6 +91,7 @@ impl Store {
         Ok(Self {
             pool,
             known_topics: Mutex::new(HashSet::new()),
+            migrated: AtomicBool::new(false),
         })
     }
 
@@ -93,6 +100,7 @@ impl Store {
     #[tracing::instrument(skip(self))]
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("../../migrations").run(&self.pool).await?;
+        self.migrated.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -103,6 +111,9 @@ impl Store {
 
     /// Writes the batches in one transaction as described in the module docs.
     pub async fn write(&self, shard: i32, batches: &[QueuedBatch]) -> Result<WriteOutcome> {
+        if !self.migrated.load(Ordering::Acquire) {
+            self.migrate().await?;
+        }
         let mut tx = self.pool.begin().await?;
         let fresh = claim_entries(&mut tx, batches).await?;
         let mut events: Vec<&Event> = batches

@@ -39,7 +39,10 @@ pub struct Checkpoint {
 /// Where checkpoints live.
 #[derive(Debug, Clone)]
 pub enum CheckpointStore {
-    Mongo { collection: Collection<Document>, id: String },
+    Mongo {
+        collection: Collection<Document>,
+        id: String,
+    },
     File(PathBuf),
     /// Nothing is saved: every run starts from the beginning.
     None,
@@ -61,7 +64,11 @@ impl CheckpointStore {
                     position: serde_json::json!({ "last_id": if last_id == Bson::Null { Value::Null } else { last_id.into_canonical_extjson() } }),
                     count: u64::try_from(doc.get_i64("count").unwrap_or(0)).unwrap_or(0),
                     status,
-                    scaler: doc.get("scaler").cloned().filter(|b| *b != Bson::Null).map(Bson::into_relaxed_extjson),
+                    scaler: doc
+                        .get("scaler")
+                        .cloned()
+                        .filter(|b| *b != Bson::Null)
+                        .map(Bson::into_relaxed_extjson),
                 }))
             }
             Self::File(path) => match tokio::fs::read(path).await {
@@ -80,10 +87,13 @@ impl CheckpointStore {
             Self::Mongo { collection, id } => {
                 let last_id = match checkpoint.position.get("last_id") {
                     None | Some(Value::Null) => Bson::Null,
-                    Some(v) => Bson::try_from(v.clone()).map_err(|e| Error::Checkpoint(format!("last_id: {e}")))?,
+                    Some(v) => Bson::try_from(v.clone())
+                        .map_err(|e| Error::Checkpoint(format!("last_id: {e}")))?,
                 };
                 let scaler = match &checkpoint.scaler {
-                    Some(v) => bson::to_bson(v).map_err(|e| Error::Checkpoint(format!("scaler: {e}")))?,
+                    Some(v) => {
+                        bson::to_bson(v).map_err(|e| Error::Checkpoint(format!("scaler: {e}")))?
+                    }
                     None => Bson::Null,
                 };
                 let status = match checkpoint.status {
@@ -94,19 +104,25 @@ impl CheckpointStore {
                     "_id": id, "last_id": last_id, "count": i64::try_from(checkpoint.count).unwrap_or(i64::MAX),
                     "status": status, "scaler": scaler, "updated_at": bson::DateTime::now(),
                 };
-                collection.replace_one(doc! {"_id": id}, doc).upsert(true).await?;
+                collection
+                    .replace_one(doc! {"_id": id}, doc)
+                    .upsert(true)
+                    .await?;
                 Ok(())
             }
             Self::File(path) => {
                 let tmp = path.with_extension("tmp");
-                let bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| Error::Checkpoint(e.to_string()))?;
+                let bytes = serde_json::to_vec_pretty(checkpoint)
+                    .map_err(|e| Error::Checkpoint(e.to_string()))?;
                 let write = async {
                     let mut file = tokio::fs::File::create(&tmp).await?;
                     tokio::io::AsyncWriteExt::write_all(&mut file, &bytes).await?;
                     file.sync_all().await?;
                     tokio::fs::rename(&tmp, path).await
                 };
-                write.await.map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
+                write
+                    .await
+                    .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
             }
             Self::None => Ok(()),
         }

@@ -4,7 +4,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid setting `{setting}`: {reason}")]
-    Config { setting: &'static str, reason: String },
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Core(#[from] sluice_core::Error),
     #[error("MongoDB: {0}")]

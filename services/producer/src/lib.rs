@@ -38,15 +38,17 @@ use sluice_core::{health::Health, http::HttpServer, telemetry::Metrics};
 use sluice_resilience::{Backoff, Jitter};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::error::{Error, Result};
 use crate::{
     checkpoint::{Checkpoint, CheckpointStore, Status},
     config::{Progress, RunArgs, SinkKind, SourceKind},
     metrics::ProducerMetrics,
-    sink::{DeadLetterFile, HttpSink, KafkaSink, RabbitSink, RedisSink, Sink, rabbitmq::RabbitConfig},
+    sink::{
+        DeadLetterFile, HttpSink, KafkaSink, RabbitSink, RedisSink, Sink, rabbitmq::RabbitConfig,
+    },
     source::{JsonlSource, MongoSource, Source, SyntheticSource},
     transform::Scalers,
 };
-pub use crate::error::{Error, Result};
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,22 +74,38 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         ..Summary::default()
     };
     if saved.as_ref().is_some_and(|c| c.status == Status::Complete) && !args.watch {
-        tracing::info!(count = summary.resumed_at, "the checkpoint says this run is complete; nothing to do");
+        tracing::info!(
+            count = summary.resumed_at,
+            "the checkpoint says this run is complete; nothing to do"
+        );
         summary.complete = true;
         return Ok(summary);
     }
     let position = saved.as_ref().map(|c| &c.position);
     let mut source = match args.source {
         SourceKind::Mongo => {
-            let collection = mongo.as_ref().ok_or(Error::NotConnected)?.collection::<Document>(&args.mongo_collection);
+            let collection = mongo
+                .as_ref()
+                .ok_or(Error::NotConnected)?
+                .collection::<Document>(&args.mongo_collection);
             Source::Mongo(MongoSource::new(collection, position)?)
         }
-        SourceKind::Jsonl => Source::Jsonl(JsonlSource::open(args.input.clone().unwrap_or_default(), position).await?),
-        SourceKind::Synthetic => {
-            Source::Synthetic(SyntheticSource::new(args.scenario, args.seed, args.total_events, args.duplicate_rate, position))
-        }
+        SourceKind::Jsonl => Source::Jsonl(
+            JsonlSource::open(args.input.clone().unwrap_or_default(), position).await?,
+        ),
+        SourceKind::Synthetic => Source::Synthetic(SyntheticSource::new(
+            args.scenario,
+            args.seed,
+            args.total_events,
+            args.duplicate_rate,
+            position,
+        )),
     };
-    let mut scalers = Scalers::new(&args.scale_standard, &args.scale_minmax, saved.as_ref().and_then(|c| c.scaler.clone()))?;
+    let mut scalers = Scalers::new(
+        &args.scale_standard,
+        &args.scale_minmax,
+        saved.as_ref().and_then(|c| c.scaler.clone()),
+    )?;
     let mut sink = connect_sink(&args, &pm).await?;
 
     let sink_ok = Arc::new(AtomicBool::new(true));
@@ -95,25 +113,37 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         let ok = sink_ok.clone();
         Health::new().with_probe(sink_name(args.sink), move || {
             let ok = ok.load(Ordering::Relaxed);
-            async move { if ok { Ok(()) } else { Err("the last health check failed".to_owned()) } }
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("the last health check failed".to_owned())
+                }
+            }
         })
     };
     let server = HttpServer::bind(&args.listen.to_string()).await?;
     let server_stop = CancellationToken::new();
-    let serving = tokio::spawn(server.serve(health.router().merge(metrics.router()), server_stop.clone()));
+    let serving =
+        tokio::spawn(server.serve(health.router().merge(metrics.router()), server_stop.clone()));
     health.set_ready(true);
 
     let progress = Reporter::new(args.progress, source.remaining().await, summary.resumed_at);
     let mut count = summary.resumed_at;
     let health_every = Duration::from_millis(args.health_check_interval_ms);
-    let mut next_health = Instant::now();
+    // The first check runs after the first batch, once the sink has connected.
+    let mut next_health = Instant::now() + Duration::from_secs(1);
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         if Instant::now() >= next_health {
             next_health = Instant::now() + health_every;
-            let ok = sink.health_check().await.inspect_err(|e| tracing::warn!(error = %e, "sink health check failed")).is_ok();
+            let ok = sink
+                .health_check()
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "sink health check failed"))
+                .is_ok();
             sink_ok.store(ok, Ordering::Relaxed);
         }
         let mut batch = source.next_batch(args.batch_size).await?;
@@ -124,7 +154,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
                     () = shutdown.cancelled() => break,
                 }
             }
-            let done = Checkpoint { position: source.position(), count, status: Status::Complete, scaler: scalers.state() };
+            let done = Checkpoint {
+                position: source.position(),
+                count,
+                status: Status::Complete,
+                scaler: scalers.state(),
+            };
             store.save(&done).await?;
             summary.complete = true;
             break;
@@ -139,21 +174,40 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         summary.sent += delivered.sent;
         summary.dead_lettered += delivered.dead_lettered;
         count += batch.len() as u64;
-        let checkpoint = Checkpoint { position: source.position(), count, status: Status::InProgress, scaler: scalers.state() };
+        let checkpoint = Checkpoint {
+            position: source.position(),
+            count,
+            status: Status::InProgress,
+            scaler: scalers.state(),
+        };
         store.save(&checkpoint).await?;
-        pm.checkpoint_count.set(i64::try_from(count).unwrap_or(i64::MAX));
+        pm.checkpoint_count
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
         progress.advance(batch.len() as u64, count);
     }
     progress.finish(count);
-    tracing::info!(read = summary.read, sent = summary.sent, dead_lettered = summary.dead_lettered, complete = summary.complete, "run finished");
+    tracing::info!(
+        read = summary.read,
+        sent = summary.sent,
+        dead_lettered = summary.dead_lettered,
+        complete = summary.complete,
+        "run finished"
+    );
     server_stop.cancel();
     let _ = serving.await;
     Ok(summary)
 }
 
 /// Sends until the sink confirms; `None` if shutdown came first.
-async fn deliver(sink: &mut Sink, batch: &[record::Record], pm: &ProducerMetrics, shutdown: &CancellationToken) -> Option<sink::Delivered> {
-    let mut backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10)).with_jitter(Jitter::Full).delays();
+async fn deliver(
+    sink: &mut Sink,
+    batch: &[record::Record],
+    pm: &ProducerMetrics,
+    shutdown: &CancellationToken,
+) -> Option<sink::Delivered> {
+    let mut backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
+        .with_jitter(Jitter::Full)
+        .delays();
     loop {
         match sink.send(batch).await {
             Ok(delivered) => return Some(delivered),
@@ -172,10 +226,12 @@ async fn deliver(sink: &mut Sink, batch: &[record::Record], pm: &ProducerMetrics
 
 async fn checkpoint_store(args: &RunArgs) -> Result<(CheckpointStore, Option<mongodb::Database>)> {
     if args.source == SourceKind::Mongo {
-        let client = mongodb::Client::with_uri_str(&args.mongo_url).await.map_err(|e| Error::Config {
-            setting: "--mongo-url / SLUICE_PRODUCER_MONGO_URL",
-            reason: e.to_string(),
-        })?;
+        let client = mongodb::Client::with_uri_str(&args.mongo_url)
+            .await
+            .map_err(|e| Error::Config {
+                setting: "--mongo-url / SLUICE_PRODUCER_MONGO_URL",
+                reason: e.to_string(),
+            })?;
         let db = client.database(&args.mongo_database);
         let store = CheckpointStore::Mongo {
             collection: db.collection(&args.checkpoint_collection),
@@ -183,13 +239,18 @@ async fn checkpoint_store(args: &RunArgs) -> Result<(CheckpointStore, Option<mon
         };
         return Ok((store, Some(db)));
     }
-    Ok((args.checkpoint_file.clone().map_or(CheckpointStore::None, CheckpointStore::File), None))
+    Ok((
+        args.checkpoint_file
+            .clone()
+            .map_or(CheckpointStore::None, CheckpointStore::File),
+        None,
+    ))
 }
 
 async fn connect_sink(args: &RunArgs, pm: &ProducerMetrics) -> Result<Sink> {
     let dead = DeadLetterFile::new(args.dead_letter_file.clone());
     Ok(match args.sink {
-        SinkKind::Rabbitmq => Sink::Rabbit(RabbitSink::new(
+        SinkKind::Rabbitmq => Sink::Rabbit(Box::new(RabbitSink::new(
             RabbitConfig {
                 url: args.amqp_url.clone(),
                 exchange: args.exchange.clone(),
@@ -200,10 +261,19 @@ async fn connect_sink(args: &RunArgs, pm: &ProducerMetrics) -> Result<Sink> {
                 max_message_bytes: args.max_message_bytes,
             },
             pm.clone(),
-        )),
-        SinkKind::Redis => Sink::Redis(RedisSink::connect(&args.redis_url, &args.stream_key, dead).await?),
+        ))),
+        SinkKind::Redis => {
+            Sink::Redis(RedisSink::connect(&args.redis_url, &args.stream_key, dead).await?)
+        }
         SinkKind::Http => Sink::Http(HttpSink::new(&args.http_url, dead)?),
-        SinkKind::Kafka => Sink::Kafka(KafkaSink::new(&args.kafka_brokers, &args.kafka_topic, args.kafka_key_field.clone(), args.max_message_bytes, dead)?),
+        SinkKind::Kafka => Sink::Kafka(KafkaSink::new(
+            &args.kafka_brokers,
+            &args.kafka_topic_prefix,
+            &args.kafka_topic,
+            args.kafka_key_field.clone(),
+            args.max_message_bytes,
+            dead,
+        )?),
     })
 }
 
@@ -232,13 +302,23 @@ impl Reporter {
             Progress::Auto => remaining.is_some() && std::io::stderr().is_terminal(),
         };
         let bar = draw.then(|| {
-            let bar = indicatif::ProgressBar::with_draw_target(remaining, indicatif::ProgressDrawTarget::stderr());
-            let style = indicatif::ProgressStyle::with_template("{wide_bar} {human_pos}/{human_len} {per_sec} ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let bar = indicatif::ProgressBar::with_draw_target(
+                remaining,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            let style = indicatif::ProgressStyle::with_template(
+                "{wide_bar} {human_pos}/{human_len} {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style);
             bar
         });
-        Self { bar, started: Instant::now(), last_log: std::sync::Mutex::new(Instant::now()), start_count }
+        Self {
+            bar,
+            started: Instant::now(),
+            last_log: std::sync::Mutex::new(Instant::now()),
+            start_count,
+        }
     }
 
     fn advance(&self, n: u64, count: u64) {
@@ -246,10 +326,14 @@ impl Reporter {
             bar.inc(n);
             return;
         }
-        let mut last = self.last_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.elapsed() >= Duration::from_secs(5) {
             *last = Instant::now();
-            let rate = (count - self.start_count) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            let rate =
+                (count - self.start_count) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
             tracing::info!(records = count, rate_per_sec = rate.round(), "progress");
         }
     }
@@ -258,6 +342,10 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
-        tracing::info!(records = count, elapsed_secs = self.started.elapsed().as_secs_f64(), "progress");
+        tracing::info!(
+            records = count,
+            elapsed_secs = self.started.elapsed().as_secs_f64(),
+            "progress"
+        );
     }
 }

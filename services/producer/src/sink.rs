@@ -28,7 +28,7 @@ pub struct Delivered {
 /// One of the sinks.
 #[derive(Debug)]
 pub enum Sink {
-    Rabbit(RabbitSink),
+    Rabbit(Box<RabbitSink>),
     Redis(RedisSink),
     Http(HttpSink),
     Kafka(KafkaSink),
@@ -77,12 +77,18 @@ impl DeadLetterFile {
                 Ok(v) => v.clone(),
                 Err(_) => serde_json::Value::Null,
             };
-            let line = json!({"id": record.id, "topic": record.topic, "reason": reason, "record": body});
+            let line =
+                json!({"id": record.id, "topic": record.topic, "reason": reason, "record": body});
             lines.extend(serde_json::to_vec(&line).map_err(|e| Error::Io(e.to_string()))?);
             lines.push(b'\n');
         }
         let io = |e: std::io::Error| Error::Io(format!("{}: {e}", self.path.display()));
-        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await.map_err(io)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(io)?;
         file.write_all(&lines).await.map_err(io)?;
         file.sync_data().await.map_err(io)?;
         tracing::warn!(count = records.len(), file = %self.path.display(), "records dead-lettered");
@@ -90,15 +96,21 @@ impl DeadLetterFile {
     }
 }
 
+/// Records that can be sent, with their JSON bytes, and records that cannot, with the reason.
+pub type Split<'a> = (Vec<(&'a Record, Vec<u8>)>, Vec<(&'a Record, String)>);
+
 /// Splits a batch into what can be sent (with its JSON bytes) and what cannot (with the reason).
-pub fn serialise(records: &[Record], max_bytes: usize) -> (Vec<(&Record, Vec<u8>)>, Vec<(&Record, String)>) {
+pub fn serialise(records: &[Record], max_bytes: usize) -> Split<'_> {
     let (mut ok, mut poison) = (Vec::new(), Vec::new());
     for record in records {
         match &record.body {
             Err(reason) => poison.push((record, reason.clone())),
             Ok(body) => match serde_json::to_vec(body) {
                 Ok(bytes) if bytes.len() <= max_bytes => ok.push((record, bytes)),
-                Ok(bytes) => poison.push((record, format!("{} bytes is over the {max_bytes}-byte limit", bytes.len()))),
+                Ok(bytes) => poison.push((
+                    record,
+                    format!("{} bytes is over the {max_bytes}-byte limit", bytes.len()),
+                )),
                 Err(e) => poison.push((record, format!("cannot be serialised: {e}"))),
             },
         }

@@ -25,8 +25,16 @@ impl Standard {
         let delta = x - self.mean;
         self.mean += delta / self.n as f64;
         self.m2 += delta * (x - self.mean);
-        let var = if self.n > 1 { self.m2 / (self.n - 1) as f64 } else { 0.0 };
-        if var > 0.0 { (x - self.mean) / var.sqrt() } else { 0.0 }
+        let var = if self.n > 1 {
+            self.m2 / (self.n - 1) as f64
+        } else {
+            0.0
+        };
+        if var > 0.0 {
+            (x - self.mean) / var.sqrt()
+        } else {
+            0.0
+        }
     }
 }
 
@@ -42,7 +50,11 @@ impl MinMax {
         let s = state.get_or_insert(Self { min: x, max: x });
         s.min = s.min.min(x);
         s.max = s.max.max(x);
-        if s.max > s.min { (x - s.min) / (s.max - s.min) } else { 0.0 }
+        if s.max > s.min {
+            (x - s.min) / (s.max - s.min)
+        } else {
+            0.0
+        }
     }
 }
 
@@ -55,7 +67,11 @@ pub struct Scalers {
 
 impl Scalers {
     /// Scalers for the given fields, continuing from `saved` state when there is one.
-    pub fn new(standard: &[String], minmax: &[String], saved: Option<Value>) -> Result<Self, serde_json::Error> {
+    pub fn new(
+        standard: &[String],
+        minmax: &[String],
+        saved: Option<Value>,
+    ) -> Result<Self, serde_json::Error> {
         let mut scalers: Self = match saved {
             Some(state) => serde_json::from_value(state)?,
             None => Self::default(),
@@ -100,7 +116,11 @@ impl Scalers {
 
     /// The state as JSON, for the checkpoint.
     pub fn state(&self) -> Option<Value> {
-        if self.is_empty() { None } else { serde_json::to_value(self).ok() }
+        if self.is_empty() {
+            None
+        } else {
+            serde_json::to_value(self).ok()
+        }
     }
 }
 
@@ -114,31 +134,51 @@ mod tests {
 
     use super::*;
 
-    fn records(values: &[f64]) -> Vec<Record> {
+    fn records_from(values: &[f64], first: usize) -> Vec<Record> {
         values
             .iter()
             .enumerate()
-            .map(|(i, v)| Record::new(i.to_string(), None, json!({"payload": {"amount": v, "n": v}})))
+            .map(|(i, v)| {
+                Record::new(
+                    (first + i).to_string(),
+                    None,
+                    json!({"payload": {"amount": v, "n": v}}),
+                )
+            })
             .collect()
     }
 
+    fn records(values: &[f64]) -> Vec<Record> {
+        records_from(values, 0)
+    }
+
     fn amounts(records: &[Record]) -> Vec<Value> {
-        records.iter().map(|r| r.body.as_ref().expect("ok")["payload"]["amount"].clone()).collect()
+        records
+            .iter()
+            .map(|r| r.body.as_ref().expect("ok")["payload"]["amount"].clone())
+            .collect()
     }
 
     #[test]
     fn resuming_from_saved_state_gives_the_same_output_as_one_run() {
         let values: Vec<f64> = (0..50).map(|i| (i * 37 % 11) as f64 * 1.5).collect();
-        let fields = (vec!["payload.amount".to_owned()], vec!["payload.n".to_owned()]);
+        let fields = (
+            vec!["payload.amount".to_owned()],
+            vec!["payload.n".to_owned()],
+        );
         let mut whole = records(&values);
-        Scalers::new(&fields.0, &fields.1, None).expect("new").apply(&mut whole);
+        Scalers::new(&fields.0, &fields.1, None)
+            .expect("new")
+            .apply(&mut whole);
 
-        let (mut first, mut second) = (records(&values[..20]), records(&values[20..]));
+        let (mut first, mut second) = (records(&values[..20]), records_from(&values[20..], 20));
         let mut a = Scalers::new(&fields.0, &fields.1, None).expect("new");
         a.apply(&mut first);
         let saved = serde_json::to_string(&a.state()).expect("plain JSON");
         let restored: Option<Value> = serde_json::from_str(&saved).expect("parse");
-        Scalers::new(&fields.0, &fields.1, restored).expect("restore").apply(&mut second);
+        Scalers::new(&fields.0, &fields.1, restored)
+            .expect("restore")
+            .apply(&mut second);
         first.extend(second);
         assert_eq!(first, whole);
     }
@@ -148,20 +188,32 @@ mod tests {
         let mut rs = records(&[10.0, 20.0, 30.0, 40.0]);
         let mut s = Scalers::new(&[], &["payload.amount".to_owned()], None).expect("new");
         s.apply(&mut rs);
-        assert_eq!(amounts(&rs), [json!(0.0), json!(1.0), json!(1.0), json!(1.0)]);
+        assert_eq!(
+            amounts(&rs),
+            [json!(0.0), json!(1.0), json!(1.0), json!(1.0)]
+        );
         let mut rs = records(&[1.0, 2.0, 3.0]);
         let mut s = Scalers::new(&["payload.amount".to_owned()], &[], None).expect("new");
         s.apply(&mut rs);
         // 1 → 0 (one value); 2 → (2 − 1.5) / 0.707; 3 → (3 − 2) / 1.
         let z = amounts(&rs);
         assert_eq!((z[0].clone(), z[2].clone()), (json!(0.0), json!(1.0)));
-        assert!((z[1].as_f64().expect("number") - 0.7071).abs() < 1e-3);
+        assert!((z[1].as_f64().expect("number") - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-9);
     }
 
     #[test]
     fn non_numeric_and_missing_fields_pass_unchanged() {
-        let mut rs = vec![Record::new("x", None, json!({"payload": {"amount": "n/a"}}))];
-        let mut s = Scalers::new(&["payload.amount".to_owned(), "payload.missing".to_owned()], &[], None).expect("new");
+        let mut rs = vec![Record::new(
+            "x",
+            None,
+            json!({"payload": {"amount": "n/a"}}),
+        )];
+        let mut s = Scalers::new(
+            &["payload.amount".to_owned(), "payload.missing".to_owned()],
+            &[],
+            None,
+        )
+        .expect("new");
         s.apply(&mut rs);
         assert_eq!(amounts(&rs), [json!("n/a")]);
     }

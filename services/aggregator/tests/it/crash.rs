@@ -94,7 +94,12 @@ async fn sigkill_mid_consumption_then_restart_loses_nothing_and_counts_nothing_t
     // And a clean stop: SIGTERM ends the process with success.
     let status = second.terminate(std::time::Duration::from_secs(30)).await?;
     assert!(status.success(), "exit after SIGTERM: {status}");
-    assert!(second.logs().iter().any(|l| l.contains("aggregator stopped")));
+    assert!(
+        second
+            .logs()
+            .iter()
+            .any(|l| l.contains("aggregator stopped"))
+    );
     Ok(())
 }
 

@@ -132,3 +132,36 @@ async fn redis_down_fails_publish_fast_and_recovers_by_itself() -> anyhow::Resul
     running.stop(Duration::from_secs(20)).await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn starting_while_postgres_is_down_migrates_and_drains_once_it_is_up() -> anyhow::Result<()> {
+    let (db, redis) = tokio::try_join!(TestDatabase::create_empty(), TestRedis::create())?;
+    let proxy = FaultProxy::start(db.addr()?).await?;
+    proxy.refuse();
+    let app = App::build(config(
+        &db.url_via(proxy.addr()),
+        redis.url(),
+        &redis.key("events"),
+    ))
+    .await?;
+    let base = format!("http://{}", app.local_addr());
+    let running = InProcess::spawn(|t| app.run(t));
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let r = http
+            .post(format!("{base}/publish"))
+            .json(&event("late", &i.to_string()))
+            .send()
+            .await?;
+        assert_eq!(
+            r.status(),
+            202,
+            "accepted into Redis while Postgres is down"
+        );
+    }
+    proxy.restore();
+    wait_received(&http, &base, 3).await?;
+    assert_eq!(db_totals(&db).await?, (3, 3, 3, 0));
+    running.stop(Duration::from_secs(20)).await??;
+    Ok(())
+}

@@ -98,8 +98,17 @@ impl HttpSink {
     }
 
     pub async fn health_check(&mut self) -> Result<()> {
-        let r = self.client.get(&self.health_url).send().await.map_err(|e| Error::Http(e.to_string()))?;
-        if r.status().is_success() { Ok(()) } else { Err(Error::Http(format!("health answered {}", r.status()))) }
+        let r = self
+            .client
+            .get(&self.health_url)
+            .send()
+            .await
+            .map_err(|e| Error::Http(e.to_string()))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::Http(format!("health answered {}", r.status())))
+        }
     }
 }
 

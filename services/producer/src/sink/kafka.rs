@@ -16,6 +16,7 @@ use crate::{Error, Result, record::Record};
 
 pub struct KafkaSink {
     producer: FutureProducer,
+    topic_prefix: String,
     default_topic: String,
     key_field: Option<String>,
     max_bytes: usize,
@@ -24,12 +25,21 @@ pub struct KafkaSink {
 
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink").field("default_topic", &self.default_topic).finish()
+        f.debug_struct("KafkaSink")
+            .field("default_topic", &self.default_topic)
+            .finish()
     }
 }
 
 impl KafkaSink {
-    pub fn new(brokers: &str, default_topic: &str, key_field: Option<String>, max_bytes: usize, dead: DeadLetterFile) -> Result<Self> {
+    pub fn new(
+        brokers: &str,
+        topic_prefix: &str,
+        default_topic: &str,
+        key_field: Option<String>,
+        max_bytes: usize,
+        dead: DeadLetterFile,
+    ) -> Result<Self> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
@@ -40,6 +50,7 @@ impl KafkaSink {
             .map_err(|e| Error::Kafka(e.to_string()))?;
         Ok(Self {
             producer,
+            topic_prefix: topic_prefix.to_owned(),
             default_topic: default_topic.to_owned(),
             key_field,
             max_bytes,
@@ -60,14 +71,27 @@ impl KafkaSink {
                 }
             })
             .collect();
-        let sends = ok.iter().zip(&keys).map(|((record, bytes), key)| {
-            let topic = record.topic.as_deref().unwrap_or(&self.default_topic);
-            let mut message = FutureRecord::to(topic).payload(bytes.as_slice());
-            if let Some(key) = key {
-                message = message.key(key.as_str());
-            }
-            self.producer.send(message, Duration::from_secs(30))
-        });
+        let topics: Vec<String> = ok
+            .iter()
+            .map(|(r, _)| {
+                format!(
+                    "{}{}",
+                    self.topic_prefix,
+                    r.topic.as_deref().unwrap_or(&self.default_topic)
+                )
+            })
+            .collect();
+        let sends = ok
+            .iter()
+            .zip(&keys)
+            .zip(&topics)
+            .map(|(((_, bytes), key), topic)| {
+                let mut message = FutureRecord::to(topic).payload(bytes.as_slice());
+                if let Some(key) = key {
+                    message = message.key(key.as_str());
+                }
+                self.producer.send(message, Duration::from_secs(30))
+            });
         for result in join_all(sends).await {
             result.map_err(|(e, _)| Error::Kafka(format!("delivery failed: {e}")))?;
         }
@@ -79,9 +103,14 @@ impl KafkaSink {
 
     pub async fn health_check(&mut self) -> Result<()> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(2)).map(|_| ()))
-            .await
-            .map_err(|e| Error::Kafka(e.to_string()))?
-            .map_err(|e| Error::Kafka(e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| Error::Kafka(e.to_string()))?
+        .map_err(|e| Error::Kafka(e.to_string()))
     }
 }

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
 use sluice_resilience::{Backoff, BreakerConfig, CircuitBreaker, Jitter, State};
@@ -47,12 +50,17 @@ pub struct RabbitSink {
 
 impl std::fmt::Debug for RabbitSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RabbitSink").field("exchange", &self.config.exchange).field("queue", &self.config.queue).finish()
+        f.debug_struct("RabbitSink")
+            .field("exchange", &self.config.exchange)
+            .field("queue", &self.config.queue)
+            .finish()
     }
 }
 
 fn reconnect_backoff() -> sluice_resilience::backoff::Delays {
-    Backoff::exponential(Duration::from_millis(200), Duration::from_secs(15)).with_jitter(Jitter::Full).delays()
+    Backoff::exponential(Duration::from_millis(200), Duration::from_secs(15))
+        .with_jitter(Jitter::Full)
+        .delays()
 }
 
 impl RabbitSink {
@@ -68,7 +76,10 @@ impl RabbitSink {
 
     /// The dead-letter exchange and queue names.
     pub fn dead_letter_names(&self) -> (String, String) {
-        (format!("{}.dlx", self.config.exchange), format!("{}.dead", self.config.queue))
+        (
+            format!("{}.dlx", self.config.exchange),
+            format!("{}.dead", self.config.queue),
+        )
     }
 
     /// A connected channel with the topology declared and confirms on, connecting if needed.
@@ -107,22 +118,54 @@ impl RabbitSink {
             ..ExchangeDeclareOptions::default()
         };
         let (dlx, dlq) = self.dead_letter_names();
-        ch.exchange_declare(c.exchange.as_str().into(), ExchangeKind::Topic, durable_exchange, FieldTable::default()).await?;
-        ch.exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, durable_exchange, FieldTable::default()).await?;
+        ch.exchange_declare(
+            c.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
         let durable_queue = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         let mut main_args = args.clone();
-        main_args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
-        ch.queue_declare(c.queue.as_str().into(), durable_queue, main_args).await?;
-        ch.queue_bind(c.queue.as_str().into(), c.exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+        main_args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
+        ch.queue_declare(c.queue.as_str().into(), durable_queue, main_args)
             .await?;
-        ch.queue_declare(dlq.as_str().into(), durable_queue, args).await?;
-        ch.queue_bind(dlq.as_str().into(), dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        ch.queue_bind(
+            c.queue.as_str().into(),
+            c.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(dlq.as_str().into(), durable_queue, args)
             .await?;
+        ch.queue_bind(
+            dlq.as_str().into(),
+            dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok((conn, ch))
     }
@@ -147,7 +190,9 @@ impl RabbitSink {
             Ok(_) => permit.success(),
             Err(_) => permit.failure(),
         }
-        self.metrics.circuit_breaker_open.set(i64::from(self.breaker.state() == State::Open));
+        self.metrics
+            .circuit_breaker_open
+            .set(i64::from(self.breaker.state() == State::Open));
         outcome
     }
 
@@ -160,10 +205,14 @@ impl RabbitSink {
             dead_lettered += 1;
         }
         let mut pending: Vec<(&Record, Vec<u8>)> = ok;
-        let mut backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(Jitter::Full).delays();
+        let mut backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
+            .with_jitter(Jitter::Full)
+            .delays();
         let mut sent = 0;
         for attempt in 0..=self.config.max_retries {
-            self.metrics.retry_queue_size.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+            self.metrics
+                .retry_queue_size
+                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
             let nacked = self.publish_and_confirm(&channel, &pending).await?;
             sent += (pending.len() - nacked.len()) as u64;
             pending = nacked;
@@ -172,23 +221,38 @@ impl RabbitSink {
             }
             if attempt < self.config.max_retries {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(nacked = pending.len(), attempt, ?delay, "broker refused records; retrying");
+                tracing::warn!(
+                    nacked = pending.len(),
+                    attempt,
+                    ?delay,
+                    "broker refused records; retrying"
+                );
                 tokio::time::sleep(delay).await;
             }
         }
         self.metrics.retry_queue_size.set(0);
         for (record, bytes) in &pending {
-            let reason = format!("refused by the broker {} times", self.config.max_retries + 1);
+            let reason = format!(
+                "refused by the broker {} times",
+                self.config.max_retries + 1
+            );
             self.dead_letter(&channel, record, bytes, &reason).await?;
             dead_lettered += 1;
         }
         self.metrics.published.inc_by(sent);
-        Ok(Delivered { sent, dead_lettered })
+        Ok(Delivered {
+            sent,
+            dead_lettered,
+        })
     }
 
     /// Publishes every record, then waits for each confirm. Returns the nacked ones; a timeout
     /// or a channel error fails the whole batch (the connection is dropped and rebuilt).
-    async fn publish_and_confirm<'a>(&mut self, channel: &Channel, records: &[(&'a Record, Vec<u8>)]) -> Result<Vec<(&'a Record, Vec<u8>)>> {
+    async fn publish_and_confirm<'a>(
+        &mut self,
+        channel: &Channel,
+        records: &[(&'a Record, Vec<u8>)],
+    ) -> Result<Vec<(&'a Record, Vec<u8>)>> {
         let started = Instant::now();
         let mut confirms = Vec::with_capacity(records.len());
         for (record, bytes) in records {
@@ -198,7 +262,13 @@ impl RabbitSink {
                 .with_message_id(ShortString::from(record.id.as_str()));
             let routing_key = record.topic.as_deref().unwrap_or(&self.config.routing_key);
             let publish = channel
-                .basic_publish(self.config.exchange.as_str().into(), routing_key.into(), BasicPublishOptions::default(), bytes, properties)
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    bytes,
+                    properties,
+                )
                 .await;
             match publish {
                 Ok(confirm) => confirms.push(confirm),
@@ -210,7 +280,10 @@ impl RabbitSink {
         }
         let mut nacked = Vec::new();
         for ((record, bytes), confirm) in records.iter().zip(confirms) {
-            let remaining = self.config.confirm_timeout.saturating_sub(started.elapsed());
+            let remaining = self
+                .config
+                .confirm_timeout
+                .saturating_sub(started.elapsed());
             match tokio::time::timeout(remaining, confirm).await {
                 Ok(Ok(Confirmation::Ack(_))) => {}
                 Ok(Ok(Confirmation::Nack(_))) => nacked.push((*record, bytes.clone())),
@@ -231,10 +304,19 @@ impl RabbitSink {
         Ok(nacked)
     }
 
-    async fn dead_letter(&mut self, channel: &Channel, record: &Record, bytes: &[u8], reason: &str) -> Result<()> {
+    async fn dead_letter(
+        &mut self,
+        channel: &Channel,
+        record: &Record,
+        bytes: &[u8],
+        reason: &str,
+    ) -> Result<()> {
         let (dlx, _) = self.dead_letter_names();
         let mut headers = FieldTable::default();
-        headers.insert("x-sluice-reason".into(), AMQPValue::LongString(reason.into()));
+        headers.insert(
+            "x-sluice-reason".into(),
+            AMQPValue::LongString(reason.into()),
+        );
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(record.id.as_str()))
@@ -248,11 +330,20 @@ impl RabbitSink {
             bytes.to_vec()
         };
         let confirmation = channel
-            .basic_publish(dlx.as_str().into(), "".into(), BasicPublishOptions::default(), &body, properties)
+            .basic_publish(
+                dlx.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
             .await?
             .await?;
         if !confirmation.is_ack() {
-            return Err(Error::DeadLetter(format!("dead letter of {} was not confirmed", record.id)));
+            return Err(Error::DeadLetter(format!(
+                "dead letter of {} was not confirmed",
+                record.id
+            )));
         }
         self.metrics.dead_lettered.inc();
         tracing::warn!(id = %record.id, %reason, "record dead-lettered");
@@ -270,7 +361,13 @@ impl RabbitSink {
                 passive: true,
                 ..ExchangeDeclareOptions::default()
             };
-            ch.exchange_declare(self.config.exchange.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default()).await?;
+            ch.exchange_declare(
+                self.config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
             let _ = ch.close(200, "health check done".into()).await;
             Ok(())
         }

@@ -25,11 +25,17 @@ impl JsonlSource {
     pub async fn open(path: PathBuf, position: Option<&Value>) -> Result<Self> {
         let offset = position.and_then(|p| p["offset"].as_u64()).unwrap_or(0);
         let line = position.and_then(|p| p["line"].as_u64()).unwrap_or(0);
-        let content = tokio::fs::read(&path).await.map_err(|e| crate::Error::Io(format!("{}: {e}", path.display())))?;
+        let content = tokio::fs::read(&path)
+            .await
+            .map_err(|e| crate::Error::Io(format!("{}: {e}", path.display())))?;
         let total_lines = content.iter().filter(|b| **b == b'\n').count() as u64
             + u64::from(content.last().is_some_and(|b| *b != b'\n'));
-        let mut file = File::open(&path).await.map_err(|e| crate::Error::Io(format!("{}: {e}", path.display())))?;
-        file.seek(SeekFrom::Start(offset)).await.map_err(|e| crate::Error::Io(e.to_string()))?;
+        let mut file = File::open(&path)
+            .await
+            .map_err(|e| crate::Error::Io(format!("{}: {e}", path.display())))?;
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| crate::Error::Io(e.to_string()))?;
         Ok(Self {
             path,
             reader: BufReader::new(file),

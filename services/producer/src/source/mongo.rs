@@ -24,9 +24,15 @@ impl MongoSource {
     pub fn new(collection: Collection<Document>, position: Option<&Value>) -> Result<Self> {
         let last_id = match position.and_then(|p| p.get("last_id")) {
             None | Some(Value::Null) => None,
-            Some(v) => Some(Bson::try_from(v.clone()).map_err(|e| crate::Error::Checkpoint(format!("last_id: {e}")))?),
+            Some(v) => Some(
+                Bson::try_from(v.clone())
+                    .map_err(|e| crate::Error::Checkpoint(format!("last_id: {e}")))?,
+            ),
         };
-        Ok(Self { collection, last_id })
+        Ok(Self {
+            collection,
+            last_id,
+        })
     }
 
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>> {

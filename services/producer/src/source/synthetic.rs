@@ -26,14 +26,23 @@ pub struct SyntheticSource {
 }
 
 impl SyntheticSource {
-    pub fn new(scenario: Scenario, seed: u64, total: u64, duplicate_rate: f64, position: Option<&Value>) -> Self {
+    pub fn new(
+        scenario: Scenario,
+        seed: u64,
+        total: u64,
+        duplicate_rate: f64,
+        position: Option<&Value>,
+    ) -> Self {
         Self {
             scenario,
             seed,
             total,
             duplicate_rate,
             next: position.and_then(|p| p["next"].as_u64()).unwrap_or(0),
-            epoch: Utc.timestamp_opt(1_735_689_600, 0).single().unwrap_or_default(), // 2025-01-01
+            epoch: Utc
+                .timestamp_opt(1_735_689_600, 0)
+                .single()
+                .unwrap_or_default(), // 2025-01-01
         }
     }
 
@@ -68,9 +77,19 @@ impl SyntheticSource {
         }
     }
 
+    /// The record an index repeats: itself, or (with the duplicate rate) an earlier original.
+    fn original(&self, mut i: u64) -> u64 {
+        loop {
+            let mut rng = self.rng(i);
+            if i == 0 || rng.f64() >= self.duplicate_rate {
+                return i;
+            }
+            i = rng.u64(0..i);
+        }
+    }
+
     fn event(&self, i: u64) -> Record {
-        let mut rng = self.rng(i);
-        let original = if i > 0 && rng.f64() < self.duplicate_rate { rng.u64(0..i) } else { i };
+        let original = self.original(i);
         // A duplicate repeats the earlier event whole, as a retrying client would.
         let mut orig_rng = self.rng(original);
         let topic = format!("topic-{}", original % 10);
@@ -86,7 +105,10 @@ impl SyntheticSource {
 
     fn price(product: u64) -> (f64, f64) {
         let buy = 1.0 + (product * 37 % 100) as f64 / 10.0;
-        (buy, (buy * (1.1 + (product % 7) as f64 / 20.0) * 100.0).round() / 100.0)
+        (
+            buy,
+            (buy * (1.1 + (product % 7) as f64 / 20.0) * 100.0).round() / 100.0,
+        )
     }
 
     fn retail(&self, i: u64) -> Record {
@@ -100,7 +122,10 @@ impl SyntheticSource {
                 let total: f64 = items
                     .iter()
                     .map(|it| {
-                        let p: u64 = it["product_id"].as_str().and_then(|s| s[1..].parse().ok()).unwrap_or(0);
+                        let p: u64 = it["product_id"]
+                            .as_str()
+                            .and_then(|s| s[1..].parse().ok())
+                            .unwrap_or(0);
                         Self::price(p).1 * it["quantity"].as_u64().unwrap_or(0) as f64
                     })
                     .sum();
@@ -113,7 +138,8 @@ impl SyntheticSource {
             6..=8 => {
                 let p = rng.u64(0..PRODUCTS);
                 let (buy, sell) = Self::price(p);
-                let expiry = self.epoch + ChronoDuration::days(i64::try_from(rng.u64(1..120)).unwrap_or(30));
+                let expiry =
+                    self.epoch + ChronoDuration::days(i64::try_from(rng.u64(1..120)).unwrap_or(30));
                 let body = json!({
                     "product_id": format!("P{p:03}"), "name": format!("Product {p}"),
                     "category": CATEGORIES[(p % 5) as usize], "buy_price": buy, "sell_price": sell,
@@ -144,7 +170,8 @@ mod tests {
     fn resuming_at_an_index_gives_the_same_records() {
         let mut whole = SyntheticSource::new(Scenario::Events, 7, 100, 0.3, None);
         let all = whole.next_batch(100);
-        let mut resumed = SyntheticSource::new(Scenario::Events, 7, 100, 0.3, Some(&json!({"next": 40})));
+        let mut resumed =
+            SyntheticSource::new(Scenario::Events, 7, 100, 0.3, Some(&json!({"next": 40})));
         assert_eq!(resumed.next_batch(100), all[40..]);
     }
 
@@ -152,8 +179,10 @@ mod tests {
     fn duplicates_repeat_earlier_events_at_about_the_rate() {
         let mut s = SyntheticSource::new(Scenario::Events, 1, 10_000, 0.3, None);
         let records = s.next_batch(10_000);
-        let ids: std::collections::HashSet<String> =
-            records.iter().map(|r| r.body.as_ref().expect("ok")["event_id"].to_string()).collect();
+        let ids: std::collections::HashSet<String> = records
+            .iter()
+            .map(|r| r.body.as_ref().expect("ok")["event_id"].to_string())
+            .collect();
         let dup_share = 1.0 - ids.len() as f64 / 10_000.0;
         assert!((0.27..0.33).contains(&dup_share), "{dup_share}");
     }
@@ -162,8 +191,24 @@ mod tests {
     fn retail_emits_the_three_topics_with_multi_item_invoices() {
         let mut s = SyntheticSource::new(Scenario::Retail, 3, 1000, 0.0, None);
         let records = s.next_batch(1000);
-        let count = |t: &str| records.iter().filter(|r| r.topic.as_deref() == Some(t)).count();
-        assert_eq!((count("topic-raw-sales"), count("topic-inventory-updates"), count("topic-clients")), (600, 300, 100));
-        assert!(records.iter().any(|r| r.body.as_ref().expect("ok")["items"].as_array().is_some_and(|i| i.len() > 1)));
+        let count = |t: &str| {
+            records
+                .iter()
+                .filter(|r| r.topic.as_deref() == Some(t))
+                .count()
+        };
+        assert_eq!(
+            (
+                count("topic-raw-sales"),
+                count("topic-inventory-updates"),
+                count("topic-clients")
+            ),
+            (600, 300, 100)
+        );
+        assert!(records.iter().any(|r| {
+            r.body.as_ref().expect("ok")["items"]
+                .as_array()
+                .is_some_and(|i| i.len() > 1)
+        }));
     }
 }
