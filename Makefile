@@ -74,6 +74,7 @@ fmt: ## format the code
 bench: deps ## benchmarks; figures go to docs/benchmarks.md
 	$(CARGO) bench -p sluice-resilience
 	scripts/bench/aggregator.sh
+	scripts/bench/producer.sh
 
 doc: ## API documentation
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps

@@ -186,6 +186,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         progress.advance(batch.len() as u64, count);
     }
     progress.finish(count);
+    if let Sink::Rabbit(rabbit) = &sink
+        && let Some([p50, p95, p99]) = rabbit.confirm_latency_percentiles()
+    {
+        tracing::info!(
+            p50_ms = p50.as_secs_f64() * 1e3,
+            p95_ms = p95.as_secs_f64() * 1e3,
+            p99_ms = p99.as_secs_f64() * 1e3,
+            batch = args.batch_size,
+            "batch confirm latency"
+        );
+    }
     tracing::info!(
         read = summary.read,
         sent = summary.sent,

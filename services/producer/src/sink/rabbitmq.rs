@@ -42,6 +42,8 @@ pub struct RabbitConfig {
 
 pub struct RabbitSink {
     config: RabbitConfig,
+    /// Publish-to-last-confirm time of each batch (the last 100,000), for the end-of-run report.
+    batch_latencies: Vec<Duration>,
     link: Option<(Connection, Channel)>,
     breaker: CircuitBreaker,
     metrics: ProducerMetrics,
@@ -67,6 +69,7 @@ impl RabbitSink {
     pub fn new(config: RabbitConfig, metrics: ProducerMetrics) -> Self {
         Self {
             config,
+            batch_latencies: Vec::new(),
             link: None,
             breaker: CircuitBreaker::new("rabbitmq-publish", BreakerConfig::broker()),
             metrics,
@@ -299,8 +302,11 @@ impl RabbitSink {
                 }
             }
         }
-        let per_message = started.elapsed().as_secs_f64();
-        self.metrics.confirm_latency.observe(per_message);
+        let latency = started.elapsed();
+        self.metrics.confirm_latency.observe(latency.as_secs_f64());
+        if self.batch_latencies.len() < 100_000 {
+            self.batch_latencies.push(latency);
+        }
         Ok(nacked)
     }
 
@@ -348,6 +354,17 @@ impl RabbitSink {
         self.metrics.dead_lettered.inc();
         tracing::warn!(id = %record.id, %reason, "record dead-lettered");
         Ok(())
+    }
+
+    /// Median, 95th and 99th percentile of the batch confirm latency so far.
+    pub fn confirm_latency_percentiles(&self) -> Option<[Duration; 3]> {
+        let mut sorted = self.batch_latencies.clone();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort();
+        let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+        Some([at(0.5), at(0.95), at(0.99)])
     }
 
     /// Passive declare of the exchange on a fresh channel.
