@@ -66,6 +66,7 @@ lint: lint-deploy ## format check, clippy -D warnings, compose and alert rules
 lint-deploy:
 	docker-compose -f compose.yaml config -q
 	promtool check config deploy/prometheus/prometheus.yml >/dev/null
+	promtool check rules deploy/prometheus/alerts.yml >/dev/null
 	promtool test rules deploy/prometheus/alerts.test.yml >/dev/null
 
 fmt: ## format the code

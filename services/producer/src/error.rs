@@ -20,6 +20,8 @@ pub enum Error {
     Kafka(String),
     #[error("HTTP sink: {0}")]
     Http(String),
+    #[error("the aggregator refused the batch: {0}")]
+    HttpRejected(String),
     #[error("I/O: {0}")]
     Io(String),
     #[error("checkpoint: {0}")]
@@ -34,6 +36,13 @@ pub enum Error {
     NotConnected,
     #[error("transform state: {0}")]
     Transform(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// True when sending the same batch again cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::HttpRejected(_) | Self::Config { .. })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -133,6 +133,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
     let health_every = Duration::from_millis(args.health_check_interval_ms);
     // The first check runs after the first batch, once the sink has connected.
     let mut next_health = Instant::now() + Duration::from_secs(1);
+    // While a batch is being delivered, the next one is read: the source's round trip overlaps
+    // the sink's. Its position is taken before the read, so the checkpoint never covers it early.
+    let mut next = source.next_batch(args.batch_size).await?;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -146,13 +149,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
                 .is_ok();
             sink_ok.store(ok, Ordering::Relaxed);
         }
-        let mut batch = source.next_batch(args.batch_size).await?;
+        let mut batch = std::mem::take(&mut next);
         if batch.is_empty() {
             if args.watch {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(args.poll_interval_ms)) => continue,
+                    () = tokio::time::sleep(Duration::from_millis(args.poll_interval_ms)) => {}
                     () = shutdown.cancelled() => break,
                 }
+                next = source.next_batch(args.batch_size).await?;
+                continue;
             }
             let done = Checkpoint {
                 position: source.position(),
@@ -164,10 +169,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
             summary.complete = true;
             break;
         }
+        let position = source.position();
         pm.read.inc_by(batch.len() as u64);
         summary.read += batch.len() as u64;
         scalers.apply(&mut batch);
-        let Some(delivered) = deliver(&mut sink, &batch, &pm, &shutdown).await else {
+        let (delivered, prefetched) = tokio::join!(
+            deliver(&mut sink, &batch, &pm, &shutdown),
+            source.next_batch(args.batch_size)
+        );
+        let Some(delivered) = delivered? else {
             tracing::info!("stopping with a batch unconfirmed; it is sent again on the next run");
             break;
         };
@@ -175,7 +185,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         summary.dead_lettered += delivered.dead_lettered;
         count += batch.len() as u64;
         let checkpoint = Checkpoint {
-            position: source.position(),
+            position,
             count,
             status: Status::InProgress,
             scaler: scalers.state(),
@@ -184,6 +194,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         pm.checkpoint_count
             .set(i64::try_from(count).unwrap_or(i64::MAX));
         progress.advance(batch.len() as u64, count);
+        next = prefetched?;
     }
     progress.finish(count);
     if let Sink::Rabbit(rabbit) = &sink
@@ -209,26 +220,34 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
     Ok(summary)
 }
 
-/// Sends until the sink confirms; `None` if shutdown came first.
+/// Sends until the sink confirms; `None` if shutdown came first. An error the sink calls
+/// permanent (the destination refuses the batch as such) ends the run instead of looping.
 async fn deliver(
     sink: &mut Sink,
     batch: &[record::Record],
     pm: &ProducerMetrics,
     shutdown: &CancellationToken,
-) -> Option<sink::Delivered> {
+) -> Result<Option<sink::Delivered>> {
     let mut backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
         .with_jitter(Jitter::Full)
         .delays();
     loop {
         match sink.send(batch).await {
-            Ok(delivered) => return Some(delivered),
+            Ok(delivered) => {
+                pm.published.inc_by(delivered.sent);
+                pm.dead_lettered.inc_by(delivered.dead_lettered);
+                pm.connection_state.set(1);
+                return Ok(Some(delivered));
+            }
+            Err(err) if err.is_permanent() => return Err(err),
             Err(err) => {
                 pm.batch_failures.inc();
+                pm.connection_state.set(0);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(error = %err, ?delay, "delivering a batch failed; sending it again");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return None,
+                    () = shutdown.cancelled() => return Ok(None),
                 }
             }
         }

@@ -13,9 +13,9 @@ pub struct ProducerMetrics {
     pub published: IntCounter,
     /// Records sent to a dead-letter queue or file.
     pub dead_lettered: IntCounter,
-    /// Records waiting to be published again after the broker refused them.
+    /// Records waiting to be published again after the broker refused (nacked) them.
     pub retry_queue_size: IntGauge,
-    /// 1 while connected to RabbitMQ.
+    /// 1 while the sink is reachable (RabbitMQ: connected; others: the last batch went through).
     pub connection_state: IntGauge,
     /// 1 while the publishing circuit breaker is open.
     pub circuit_breaker_open: IntGauge,

@@ -68,7 +68,10 @@ impl HttpSink {
             let body = json!({ "events": events });
             retry(&self.policy, classify, |e| tracing::warn!(attempt = e.attempt, delay = ?e.delay, failure = %e.error, "publish retry"), || self.post(&body))
                 .await
-                .map_err(|f| Error::Http(f.to_string()))?;
+                .map_err(|f| match f {
+                    Failure::Status(status, ..) if status < 500 && status != 429 => Error::HttpRejected(f.to_string()),
+                    other => Error::Http(other.to_string()),
+                })?;
         }
         Ok(Delivered {
             sent: events.len() as u64,

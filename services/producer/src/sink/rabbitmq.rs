@@ -222,6 +222,9 @@ impl RabbitSink {
             if pending.is_empty() {
                 break;
             }
+            self.metrics
+                .retry_queue_size
+                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
             if attempt < self.config.max_retries {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(
@@ -242,7 +245,6 @@ impl RabbitSink {
             self.dead_letter(&channel, record, bytes, &reason).await?;
             dead_lettered += 1;
         }
-        self.metrics.published.inc_by(sent);
         Ok(Delivered {
             sent,
             dead_lettered,
@@ -351,7 +353,6 @@ impl RabbitSink {
                 record.id
             )));
         }
-        self.metrics.dead_lettered.inc();
         tracing::warn!(id = %record.id, %reason, "record dead-lettered");
         Ok(())
     }

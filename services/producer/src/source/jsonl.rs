@@ -64,7 +64,13 @@ impl JsonlSource {
             if text.is_empty() {
                 continue;
             }
-            let id = format!("line-{}", self.line);
+            // `<file name>:line-<n>`: unique across files (consumers deduplicate by it).
+            let name = self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let id = format!("{name}:line-{}", self.line);
             records.push(match serde_json::from_str::<Value>(text) {
                 Ok(body) => {
                     let topic = body.get("topic").and_then(Value::as_str).map(str::to_owned);

@@ -52,7 +52,8 @@ impl MongoSource {
         if let Some(last) = docs.last() {
             self.last_id = last.get("_id").cloned();
         }
-        Ok(docs.into_iter().map(to_record).collect())
+        let namespace = self.collection.namespace().to_string();
+        Ok(docs.into_iter().map(|d| to_record(&namespace, d)).collect())
     }
 
     pub fn position(&self) -> Value {
@@ -73,7 +74,9 @@ impl MongoSource {
     }
 }
 
-fn to_record(doc: Document) -> Record {
+/// The record id is `<db>.<collection>:<_id>`, unique across sources (consumers deduplicate
+/// deliveries by it).
+fn to_record(namespace: &str, doc: Document) -> Record {
     let id = match doc.get("_id") {
         Some(Bson::ObjectId(oid)) => oid.to_hex(),
         Some(Bson::String(s)) => s.clone(),
@@ -81,5 +84,9 @@ fn to_record(doc: Document) -> Record {
         None => String::new(),
     };
     let topic = doc.get_str("topic").ok().map(str::to_owned);
-    Record::new(id, topic, Bson::Document(doc).into_relaxed_extjson())
+    Record::new(
+        format!("{namespace}:{id}"),
+        topic,
+        Bson::Document(doc).into_relaxed_extjson(),
+    )
 }

@@ -100,7 +100,7 @@ impl SyntheticSource {
             "timestamp": self.time(original),
             "payload": {"index": original, "value": (orig_rng.f64() * 1000.0).round() / 10.0},
         });
-        Record::new(format!("synthetic-{i}"), Some(topic), body)
+        Record::new(format!("synthetic-{}:{i}", self.seed), Some(topic), body)
     }
 
     fn price(product: u64) -> (f64, f64) {
@@ -158,7 +158,11 @@ impl SyntheticSource {
                 ("topic-clients", body)
             }
         };
-        Record::new(format!("retail-{i}"), Some(topic.to_owned()), body)
+        Record::new(
+            format!("retail-{}:{i}", self.seed),
+            Some(topic.to_owned()),
+            body,
+        )
     }
 }
 
