@@ -45,8 +45,8 @@ RUST_LOG=info "$target/release/sluice-producer" run --source mongo --mongo-datab
   2>&1 | grep -E '"batch confirm latency"|"run finished"' | sed 's/^/   /'
 end=$(date +%s.%N)
 awk -v s="$start" -v e="$end" -v n="$docs" 'BEGIN {printf "   producer: %d documents in %.2fs: %.0f msg/s\n", n, e - s, n / (e - s)}'
-echo "   queued: $(rabbitmqctl -q list_queues name messages | awk -v q="$queue" '$1 == q {print $2}')"
 
+rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true   # an empty broker for the next stages
 echo "== producer: synthetic → RabbitMQ, $messages records, batch $batch"
 start=$(date +%s.%N)
 RUST_LOG=info TOTAL_EVENTS=$messages "$target/release/sluice-producer" run --source synthetic --sink rabbitmq \
@@ -56,5 +56,5 @@ end=$(date +%s.%N)
 awk -v s="$start" -v e="$end" -v n="$messages" 'BEGIN {printf "   producer: %d records in %.2fs: %.0f msg/s\n", n, e - s, n / (e - s)}'
 rabbitmqctl -q delete_queue "$queue.syn" >/dev/null 2>&1 || true
 
-echo "== ceiling: raw lapin loop, $messages messages of 170 bytes (a synthetic record's size), batch $batch"
+echo "== ceiling: raw lapin loop publishing like the producer (topic exchange, persistent, message id), $messages messages of 170 bytes (a synthetic record's size), batch $batch"
 "$target/release/amqp-ceiling" --messages "$messages" --batch "$batch" --size 170 | sed 's/^/   /'

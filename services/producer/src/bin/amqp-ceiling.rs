@@ -1,7 +1,8 @@
 //! `amqp-ceiling`: the raw lapin loop the producer's RabbitMQ throughput is compared with.
-//! Publishes `--messages` bodies of `--size` bytes to a fresh quorum queue, `--batch` at a
-//! time, waiting for every confirm of a batch before the next (the producer's window), and
-//! prints messages/s and batch confirm latency percentiles.
+//! Publishes `--messages` bodies of `--size` bytes the way the producer does — through a durable
+//! topic exchange bound with `#` to a fresh quorum queue, persistent, with a message id and
+//! content type — `--batch` at a time, waiting for every confirm of a batch before the next
+//! (the producer's window), and prints messages/s and batch confirm latency percentiles.
 
 #![expect(
     clippy::print_stdout,
@@ -12,8 +13,11 @@ use std::time::Instant;
 
 use clap::Parser;
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+    BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 
@@ -46,6 +50,26 @@ async fn main() -> anyhow::Result<()> {
     };
     ch.queue_declare(queue.as_str().into(), durable, queue_args)
         .await?;
+    let exchange = format!("{queue}.ex");
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        ExchangeKind::Topic,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = vec![b'x'; args.size];
     let mut latencies = Vec::new();
@@ -58,11 +82,12 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..n {
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
-                .with_message_id((sent + i).to_string().into());
+                .with_content_type("application/json".into())
+                .with_message_id(format!("ceiling:{}", sent + i).into());
             confirms.push(
                 ch.basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    "events".into(),
                     BasicPublishOptions::default(),
                     &body,
                     props,
@@ -89,6 +114,8 @@ async fn main() -> anyhow::Result<()> {
         at(0.99)
     );
     ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await?;
     Ok(())
 }
