@@ -13,8 +13,8 @@ use axum::{
     routing::get,
 };
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    core::Collector,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -68,6 +68,23 @@ impl Metrics {
     pub fn register<C: Collector + Clone + 'static>(&self, collector: C) -> Result<C> {
         self.registry.register(Box::new(collector.clone()))?;
         Ok(collector)
+    }
+
+    /// Registers a new counter.
+    pub fn counter(&self, name: &str, help: &str) -> Result<IntCounter> {
+        self.register(IntCounter::new(name, help)?)
+    }
+
+    /// Registers a new gauge.
+    pub fn gauge(&self, name: &str, help: &str) -> Result<IntGauge> {
+        self.register(IntGauge::new(name, help)?)
+    }
+
+    /// Registers a new histogram with the given bucket bounds.
+    pub fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Result<Histogram> {
+        self.register(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        )?)
     }
 
     /// The underlying registry, for crates that register their own collectors.

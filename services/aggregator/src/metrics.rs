@@ -1,6 +1,6 @@
 //! The aggregator's Prometheus metrics, registered in the app's registry.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Opts};
 use sluice_core::telemetry::Metrics;
 
 use crate::Result;
@@ -32,18 +32,8 @@ pub struct AggregatorMetrics {
 
 impl AggregatorMetrics {
     pub fn new(metrics: &Metrics) -> Result<Self> {
-        let counter = |name: &str, help: &str| -> Result<IntCounter> {
-            Ok(metrics.register(IntCounter::new(name, help).map_err(sluice_core::Error::from)?)?)
-        };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge> {
-            Ok(metrics.register(IntGauge::new(name, help).map_err(sluice_core::Error::from)?)?)
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram> {
-            let opts = HistogramOpts::new(name, help).buckets(buckets);
-            Ok(metrics.register(Histogram::with_opts(opts).map_err(sluice_core::Error::from)?)?)
-        };
         Ok(Self {
-            accepted: counter(
+            accepted: metrics.counter(
                 "sluice_aggregator_events_accepted_total",
                 "Events accepted into the queue",
             )?,
@@ -57,45 +47,45 @@ impl AggregatorMetrics {
                 )
                 .map_err(sluice_core::Error::from)?,
             )?,
-            received: counter(
+            received: metrics.counter(
                 "sluice_aggregator_events_received_total",
                 "Events consumed from the queue",
             )?,
-            unique: counter(
+            unique: metrics.counter(
                 "sluice_aggregator_events_unique_total",
                 "Events stored (first time seen)",
             )?,
-            duplicates: counter(
+            duplicates: metrics.counter(
                 "sluice_aggregator_events_duplicate_total",
                 "Events dropped as duplicates",
             )?,
-            dead_lettered: counter(
+            dead_lettered: metrics.counter(
                 "sluice_aggregator_dead_lettered_total",
                 "Queue entries moved to dead letter",
             )?,
-            redelivered: counter(
+            redelivered: metrics.counter(
                 "sluice_aggregator_redelivered_entries_total",
                 "Queue entries delivered again after being stored (not counted twice)",
             )?,
-            batch_size: histogram(
+            batch_size: metrics.histogram(
                 "sluice_aggregator_batch_events",
                 "Events per database transaction",
                 vec![
                     1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
                 ],
             )?,
-            commit_seconds: histogram(
+            commit_seconds: metrics.histogram(
                 "sluice_aggregator_commit_seconds",
                 "Duration of one database transaction",
                 vec![
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ],
             )?,
-            stream_length: gauge(
+            stream_length: metrics.gauge(
                 "sluice_aggregator_stream_length",
                 "Entries in the stream, not yet stored",
             )?,
-            stream_pending: gauge(
+            stream_pending: metrics.gauge(
                 "sluice_aggregator_stream_pending",
                 "Entries delivered, not yet acknowledged",
             )?,

@@ -31,12 +31,6 @@ pub struct ProducerMetrics {
 
 impl ProducerMetrics {
     pub fn new(metrics: &Metrics) -> Result<Self> {
-        let counter = |name: &str, help: &str| -> Result<IntCounter> {
-            Ok(metrics.register(IntCounter::new(name, help).map_err(sluice_core::Error::from)?)?)
-        };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge> {
-            Ok(metrics.register(IntGauge::new(name, help).map_err(sluice_core::Error::from)?)?)
-        };
         let latency = HistogramOpts::new(
             "sluice_producer_confirm_latency_seconds",
             "Publish to last confirm of a batch",
@@ -45,42 +39,42 @@ impl ProducerMetrics {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ]);
         Ok(Self {
-            read: counter("sluice_producer_read_total", "Records read from the source")?,
-            published: counter(
+            read: metrics.counter("sluice_producer_read_total", "Records read from the source")?,
+            published: metrics.counter(
                 "sluice_producer_published_total",
                 "Records confirmed by the sink",
             )?,
-            dead_lettered: counter(
+            dead_lettered: metrics.counter(
                 "sluice_producer_dead_lettered_total",
                 "Records dead-lettered with a reason",
             )?,
-            retry_queue_size: gauge(
+            retry_queue_size: metrics.gauge(
                 "sluice_producer_retry_queue_size",
                 "Records waiting to be published again",
             )?,
-            connection_state: gauge(
+            connection_state: metrics.gauge(
                 "sluice_producer_connection_state",
                 "1 while connected to the broker",
             )?,
-            circuit_breaker_open: gauge(
+            circuit_breaker_open: metrics.gauge(
                 "sluice_producer_circuit_breaker_open",
                 "1 while the publishing breaker is open",
             )?,
-            confirm_timeouts: counter(
+            confirm_timeouts: metrics.counter(
                 "sluice_producer_publisher_confirm_timeouts_total",
                 "Publisher confirms that timed out",
             )?,
-            health_check_failures: counter(
+            health_check_failures: metrics.counter(
                 "sluice_producer_health_check_failures_total",
                 "Failed sink health checks",
             )?,
             confirm_latency: metrics
                 .register(Histogram::with_opts(latency).map_err(sluice_core::Error::from)?)?,
-            checkpoint_count: gauge(
+            checkpoint_count: metrics.gauge(
                 "sluice_producer_checkpoint_count",
                 "Records covered by the saved checkpoint",
             )?,
-            batch_failures: counter(
+            batch_failures: metrics.counter(
                 "sluice_producer_batch_failures_total",
                 "Failed batch deliveries (sent again)",
             )?,

@@ -96,6 +96,28 @@ impl DeadLetterFile {
     }
 }
 
+/// Valid aggregator events with their records, and the other records with the reason.
+pub type Valid<'a> = (
+    Vec<(&'a Record, sluice_core::Event)>,
+    Vec<(&'a Record, String)>,
+);
+
+/// Splits a batch for the aggregator's sinks: records that are valid aggregator events (with
+/// the event) and the rest (with the reason), which go to the dead-letter file.
+pub fn aggregator_events(records: &[Record]) -> Valid<'_> {
+    let (mut events, mut poison) = (Vec::with_capacity(records.len()), Vec::new());
+    for (i, record) in records.iter().enumerate() {
+        match &record.body {
+            Ok(body) => match sluice_core::Event::from_json(body, Some(i)) {
+                Ok(event) => events.push((record, event)),
+                Err(e) => poison.push((record, format!("not an aggregator event: {e}"))),
+            },
+            Err(reason) => poison.push((record, reason.clone())),
+        }
+    }
+    (events, poison)
+}
+
 /// Records that can be sent, with their JSON bytes, and records that cannot, with the reason.
 pub type Split<'a> = (Vec<(&'a Record, Vec<u8>)>, Vec<(&'a Record, String)>);
 

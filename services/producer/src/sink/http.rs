@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_core::Event;
 use sluice_resilience::{RetryPolicy, Verdict, retry};
 
-use super::{DeadLetterFile, Delivered};
+use super::{DeadLetterFile, Delivered, aggregator_events};
 use crate::{Error, Result, record::Record};
 
 #[derive(Debug, Clone)]
@@ -52,17 +51,11 @@ impl HttpSink {
     }
 
     pub async fn send(&mut self, records: &[Record]) -> Result<Delivered> {
-        let mut events: Vec<&Value> = Vec::with_capacity(records.len());
-        let mut poison = Vec::new();
-        for (i, record) in records.iter().enumerate() {
-            match &record.body {
-                Ok(body) => match Event::from_json(body, Some(i)) {
-                    Ok(_) => events.push(body),
-                    Err(e) => poison.push((record, format!("not an aggregator event: {e}"))),
-                },
-                Err(reason) => poison.push((record, reason.clone())),
-            }
-        }
+        let (valid, poison) = aggregator_events(records);
+        let events: Vec<&Value> = valid
+            .iter()
+            .filter_map(|(r, _)| r.body.as_ref().ok())
+            .collect();
         self.dead.write(&poison).await?;
         if !events.is_empty() {
             let body = json!({ "events": events });

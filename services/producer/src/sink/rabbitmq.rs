@@ -42,7 +42,7 @@ pub struct RabbitConfig {
 
 pub struct RabbitSink {
     config: RabbitConfig,
-    /// Publish-to-last-confirm time of each batch (the last 100,000), for the end-of-run report.
+    /// Publish-to-last-confirm time of each batch (the first 100,000), for the end-of-run report.
     batch_latencies: Vec<Duration>,
     link: Option<(Connection, Channel)>,
     breaker: CircuitBreaker,
@@ -149,8 +149,23 @@ impl RabbitSink {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(dlx.as_str().into()),
         );
-        ch.queue_declare(c.queue.as_str().into(), durable_queue, main_args)
-            .await?;
+        // A queue that exists already (declared by an operator or a consumer such as the
+        // aggregator's ingress) is used as it is: redeclaring it with other arguments would fail.
+        let probe = conn.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let exists = probe
+            .queue_declare(c.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        if exists {
+            let _ = probe.close(200, "probe done".into()).await;
+        } else {
+            ch.queue_declare(c.queue.as_str().into(), durable_queue, main_args)
+                .await?;
+        }
         ch.queue_bind(
             c.queue.as_str().into(),
             c.exchange.as_str().into(),
@@ -213,10 +228,13 @@ impl RabbitSink {
             .delays();
         let mut sent = 0;
         for attempt in 0..=self.config.max_retries {
-            self.metrics
-                .retry_queue_size
-                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
-            let nacked = self.publish_and_confirm(&channel, &pending).await?;
+            let nacked = match self.publish_and_confirm(&channel, &pending).await {
+                Ok(nacked) => nacked,
+                Err(err) => {
+                    self.metrics.retry_queue_size.set(0);
+                    return Err(err);
+                }
+            };
             sent += (pending.len() - nacked.len()) as u64;
             pending = nacked;
             if pending.is_empty() {

@@ -3,7 +3,7 @@
 use redis::{AsyncCommands, aio::ConnectionManager};
 use sluice_core::{Event, wire::BatchMessage};
 
-use super::{DeadLetterFile, Delivered};
+use super::{DeadLetterFile, Delivered, aggregator_events};
 use crate::{Result, record::Record};
 
 /// Appends batches of valid events; invalid ones go to the dead-letter file.
@@ -31,17 +31,8 @@ impl RedisSink {
     }
 
     pub async fn send(&mut self, records: &[Record]) -> Result<Delivered> {
-        let mut events = Vec::with_capacity(records.len());
-        let mut poison = Vec::new();
-        for (i, record) in records.iter().enumerate() {
-            match &record.body {
-                Ok(body) => match Event::from_json(body, Some(i)) {
-                    Ok(e) => events.push(e),
-                    Err(e) => poison.push((record, format!("not an aggregator event: {e}"))),
-                },
-                Err(reason) => poison.push((record, reason.clone())),
-            }
-        }
+        let (valid, poison) = aggregator_events(records);
+        let events: Vec<Event> = valid.into_iter().map(|(_, e)| e).collect();
         self.dead.write(&poison).await?;
         let sent = events.len() as u64;
         if !events.is_empty() {
