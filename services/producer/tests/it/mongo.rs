@@ -5,7 +5,7 @@ use sluice_producer::run;
 use sluice_testkit::{TestAmqp, TestMongo, eventually};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{args, drain, queue_len, spawn};
+use crate::support::{args, drain, queue_len, spawn, topology};
 
 const DOCS: u32 = 100_000;
 
@@ -32,8 +32,7 @@ async fn checkpoint(mongo: &TestMongo) -> anyhow::Result<Option<Document>> {
 async fn sigkill_halfway_through_100k_documents_then_restart_delivers_every_one()
 -> anyhow::Result<()> {
     let (mongo, amqp) = tokio::try_join!(TestMongo::create(), TestAmqp::create())?;
-    let (exchange, queue) = (amqp.name("ex"), amqp.name("q"));
-    let _ = (amqp.name("ex.dlx"), amqp.name("q.dead"));
+    let (exchange, queue) = topology(&amqp);
     seed(&mongo, 0, DOCS).await?;
     let cli: Vec<String> = [
         "--source",
@@ -105,8 +104,7 @@ async fn sigkill_halfway_through_100k_documents_then_restart_delivers_every_one(
 #[tokio::test]
 async fn watch_mode_picks_up_new_documents() -> anyhow::Result<()> {
     let (mongo, amqp) = tokio::try_join!(TestMongo::create(), TestAmqp::create())?;
-    let (exchange, queue) = (amqp.name("ex"), amqp.name("q"));
-    let _ = (amqp.name("ex.dlx"), amqp.name("q.dead"));
+    let (exchange, queue) = topology(&amqp);
     seed(&mongo, 0, 100).await?;
     let a = args(&[
         "--source",

@@ -5,13 +5,13 @@ use sluice_producer::run;
 use sluice_testkit::{FaultProxy, TestAmqp, eventually};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{args, drain, queue_len};
+use crate::support::{args, drain, queue_len, topology};
 
 #[tokio::test]
 async fn jsonl_to_rabbitmq_dead_letters_poison_records_and_keeps_going() -> anyhow::Result<()> {
     let amqp = TestAmqp::create().await?;
-    let (exchange, queue) = (amqp.name("ex"), amqp.name("q"));
-    let (_dlx, dlq) = (amqp.name("ex.dlx"), amqp.name("q.dead"));
+    let (exchange, queue) = topology(&amqp);
+    let dlq = format!("{queue}.dead");
     let dir = std::env::temp_dir().join(sluice_testkit::unique_name("jsonl"));
     std::fs::create_dir_all(&dir)?;
     let input = dir.join("in.jsonl");
@@ -99,8 +99,7 @@ async fn jsonl_to_rabbitmq_dead_letters_poison_records_and_keeps_going() -> anyh
 async fn connection_cuts_mid_run_lose_nothing() -> anyhow::Result<()> {
     const TOTAL: usize = 20_000;
     let amqp = TestAmqp::create().await?;
-    let (exchange, queue) = (amqp.name("ex"), amqp.name("q"));
-    let (_, _) = (amqp.name("ex.dlx"), amqp.name("q.dead"));
+    let (exchange, queue) = topology(&amqp);
     let broker: std::net::SocketAddr = "127.0.0.1:5672".parse()?;
     let proxy = FaultProxy::start(broker).await?;
     let url = format!("amqp://guest:guest@{}/%2f", proxy.addr());

@@ -37,6 +37,13 @@ pub(crate) async fn spawn(extra: &[String]) -> anyhow::Result<ChildService> {
     ChildService::spawn(cmd, Duration::from_secs(60)).await
 }
 
+/// The test's exchange and queue names; the dead-letter exchange and queue the producer derives
+/// from them are registered too, so all four are deleted after the test.
+pub(crate) fn topology(amqp: &TestAmqp) -> (String, String) {
+    let _ = (amqp.name("ex.dlx"), amqp.name("q.dead"));
+    (amqp.name("ex"), amqp.name("q"))
+}
+
 /// Messages in a queue, without consuming them.
 pub(crate) async fn queue_len(amqp: &TestAmqp, queue: &str) -> anyhow::Result<u32> {
     let ch = amqp.channel().await?;
