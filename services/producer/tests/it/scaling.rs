@@ -118,3 +118,53 @@ async fn killed_and_resumed_run_emits_exactly_the_uninterrupted_output() -> anyh
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_finishes_the_batch_in_flight_and_checkpoints_it() -> anyhow::Result<()> {
+    let redis = TestRedis::create().await?;
+    let dir = std::env::temp_dir().join(sluice_testkit::unique_name("sigterm"));
+    std::fs::create_dir_all(&dir)?;
+    let checkpoint = dir.join("checkpoint.json");
+    let key = redis.key("events");
+    let cli: Vec<String> = [
+        "--source",
+        "synthetic",
+        "--total-events",
+        "10000000",
+        "--sink",
+        "redis",
+        "--redis-url",
+        redis.url(),
+        "--stream-key",
+        &key,
+        "--batch-size",
+        "100",
+        "--checkpoint-file",
+        &checkpoint.to_string_lossy(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut child = spawn(&cli).await?;
+    eventually("a few batches sent", Duration::from_secs(60), || async {
+        let len: usize = redis.conn().xlen(&key).await.ok()?;
+        (len >= 5).then_some(())
+    })
+    .await?;
+    let status = child.terminate(Duration::from_secs(30)).await?;
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let sent: usize = read_stream(&redis, &key)
+        .await?
+        .values()
+        .map(Vec::len)
+        .sum();
+    let saved: Value = serde_json::from_slice(&std::fs::read(&checkpoint)?)?;
+    assert_eq!(
+        saved["count"].as_u64(),
+        Some(sent as u64),
+        "the checkpoint covers exactly what was sent"
+    );
+    assert_eq!(saved["status"], "in_progress");
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
