@@ -49,7 +49,7 @@ async fn burst_then_refusal_with_retry_after() -> anyhow::Result<()> {
 #[tokio::test]
 async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
     const RATE: f64 = 200.0;
-    const BURST: u32 = 20;
+    const BURST: u32 = 40;
     const DURATION_MS: u64 = 3_000;
     let redis = TestRedis::create().await?;
     let start_at = unix_ms() + 3_000;
