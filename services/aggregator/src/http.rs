@@ -188,9 +188,7 @@ fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError
         });
     }
     for (i, event) in events.iter().enumerate() {
-        let size = serde_json::to_vec(&event.payload)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
+        let size = serialized_len(&event.payload);
         if size > config.max_payload_bytes {
             return Err(ValidationError {
                 index: Some(i),
@@ -200,6 +198,26 @@ fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError
         }
     }
     Ok(())
+}
+
+/// Bytes of the compact JSON of `value`, counted without building the string (this runs for
+/// every event of every request; the batch itself is serialised once, for the queue).
+fn serialized_len(value: &impl serde::Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 async fn events(
@@ -260,6 +278,15 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn counts_serialized_bytes_like_to_vec() {
+        let v = serde_json::json!({"a": [1, 2.5, "é"], "b": {"c": null}});
+        assert_eq!(
+            serialized_len(&v),
+            serde_json::to_vec(&v).expect("json").len()
+        );
+    }
 
     #[test]
     fn json_content_types() {
