@@ -1,0 +1,137 @@
+//! The Kafka side: a consumer in a group with manual offsets (nothing is committed or stored
+//! automatically), rebalance events handed to the pipeline, and the dead-letter producer.
+
+use std::{sync::Mutex, time::Duration};
+
+use rdkafka::{
+    ClientConfig, ClientContext, Message, TopicPartitionList,
+    consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+
+use crate::{Config, Error, Result};
+
+/// A partition assignment change, seen by the pipeline before its next message or flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RebalanceEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+/// Collects rebalance events; the rdkafka callback must not block, so it only records them.
+#[derive(Debug, Default)]
+pub(crate) struct GroupContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl GroupContext {
+    /// The events since the last call, oldest first.
+    pub(crate) fn take_events(&self) -> Vec<RebalanceEvent> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => RebalanceEvent::Assigned(partitions(tpl)),
+            Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(partitions(tpl)),
+            Rebalance::Error(err) => {
+                tracing::warn!(error = %err, "rebalance failed");
+                return;
+            }
+        };
+        tracing::info!(?event, "partitions rebalanced");
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+}
+
+/// The group's consumer.
+pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// A consumer subscribed to the three input topics.
+pub(crate) fn consumer(config: &Config) -> Result<GroupConsumer> {
+    use rdkafka::consumer::Consumer as _;
+    let session = config.kafka_session_timeout_ms;
+    let consumer: GroupConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session.to_string())
+        .set("heartbeat.interval.ms", (session / 4).max(100).to_string())
+        .create_with_context(GroupContext::default())?;
+    let topics = config.topics();
+    consumer.subscribe(&[&topics.sales, &topics.inventory, &topics.clients])?;
+    Ok(consumer)
+}
+
+/// The producer of dead letters: every one acknowledged by all in-sync replicas.
+pub(crate) fn dead_letter_producer(config: &Config) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// Sends `msg` as it came to `topic`, with the reason and its origin in headers.
+pub(crate) async fn dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    msg: &BorrowedMessage<'_>,
+    reason: &str,
+) -> Result<()> {
+    let partition = msg.partition().to_string();
+    let offset = msg.offset().to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "source-topic",
+            value: Some(msg.topic()),
+        })
+        .insert(Header {
+            key: "source-partition",
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: "source-offset",
+            value: Some(&offset),
+        });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(payload) = msg.payload() {
+        record = record.payload(payload);
+    }
+    if let Some(key) = msg.key() {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(source, _)| Error::DeadLetter {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            source,
+        })
+}

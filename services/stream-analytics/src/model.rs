@@ -1,0 +1,276 @@
+//! The three input messages of DESIGN §5, parsed strictly: money as integer cents (never
+//! binary floats), quantities as non-negative integers, dates as dates. Anything else is
+//! malformed and goes to the dead-letter topic with the reason.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+/// Which input a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Sales,
+    Inventory,
+    Clients,
+}
+
+/// A sale (`topic-raw-sales`).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Sale {
+    #[allow(dead_code, reason = "parsed to validate the message; not aggregated")]
+    pub(crate) invoice_id: String,
+    pub(crate) client_id: String,
+    #[serde(deserialize_with = "date_time")]
+    pub(crate) timestamp: DateTime<Utc>,
+    #[serde(deserialize_with = "cents")]
+    pub(crate) total_amount: i64,
+    pub(crate) items: Vec<LineItem>,
+}
+
+/// One line of a sale.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct LineItem {
+    pub(crate) product_id: String,
+    pub(crate) quantity: u64,
+}
+
+/// An inventory update (`topic-inventory-updates`): the product's latest known state.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct Inventory {
+    pub(crate) product_id: String,
+    pub(crate) name: String,
+    pub(crate) category: String,
+    #[serde(deserialize_with = "cents", rename = "buy_price")]
+    pub(crate) buy_cents: i64,
+    #[serde(deserialize_with = "cents", rename = "sell_price")]
+    pub(crate) sell_cents: i64,
+    /// Minimum margin as basis points (0.15 → 1500).
+    #[serde(deserialize_with = "basis_points", rename = "min_margin_threshold")]
+    pub(crate) min_margin_bp: i64,
+    pub(crate) quantity: u64,
+    #[serde(deserialize_with = "date_time")]
+    pub(crate) last_movement: DateTime<Utc>,
+    pub(crate) expiry_date: NaiveDate,
+    pub(crate) batch_no: String,
+}
+
+/// A client record (`topic-clients`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct Client {
+    pub(crate) client_id: String,
+    pub(crate) name: String,
+    #[serde(deserialize_with = "cents", rename = "total_revenue_generated")]
+    pub(crate) reported_revenue_cents: i64,
+    pub(crate) loyalty_tier: String,
+}
+
+/// A parsed message.
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    Sale(Sale),
+    Inventory(Inventory),
+    Client(Client),
+}
+
+/// Parses a message of `kind`; `Err` holds the reason it is malformed.
+pub(crate) fn parse(kind: Kind, payload: Option<&[u8]>) -> Result<Input, String> {
+    let bytes = payload.ok_or_else(|| "empty message (no value)".to_owned())?;
+    let input = match kind {
+        Kind::Sales => Input::Sale(serde_json::from_slice(bytes).map_err(reason)?),
+        Kind::Inventory => Input::Inventory(serde_json::from_slice(bytes).map_err(reason)?),
+        Kind::Clients => Input::Client(serde_json::from_slice(bytes).map_err(reason)?),
+    };
+    check(&input)?;
+    Ok(input)
+}
+
+fn reason(err: serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let class = match err.classify() {
+        Category::Syntax | Category::Eof => "bad JSON",
+        Category::Data => "bad field",
+        Category::Io => "unreadable",
+    };
+    format!("{class}: {err}")
+}
+
+fn check(input: &Input) -> Result<(), String> {
+    let empty = |field: &str, value: &str| {
+        if value.trim().is_empty() {
+            Err(format!("bad field: `{field}` is empty"))
+        } else {
+            Ok(())
+        }
+    };
+    match input {
+        Input::Sale(s) => {
+            empty("invoice_id", &s.invoice_id)?;
+            empty("client_id", &s.client_id)?;
+            if s.items.is_empty() {
+                return Err("bad field: `items` is empty".into());
+            }
+            for (i, item) in s.items.iter().enumerate() {
+                empty(&format!("items[{i}].product_id"), &item.product_id)?;
+            }
+        }
+        Input::Inventory(p) => {
+            empty("product_id", &p.product_id)?;
+            empty("category", &p.category)?;
+            if p.buy_cents < 0 || p.sell_cents < 0 {
+                return Err("bad field: negative price".into());
+            }
+        }
+        Input::Client(c) => empty("client_id", &c.client_id)?,
+    }
+    Ok(())
+}
+
+/// A JSON number with at most `scale` decimals as an integer of 10^-scale units, exactly.
+///
+/// serde_json keeps a decimal literal as the nearest f64; its shortest representation is the
+/// literal the producer wrote (for up to 15 significant digits), so reading that text back
+/// gives the exact decimal without any float arithmetic.
+fn fixed_point(number: &serde_json::Number, scale: u32) -> Result<i64, String> {
+    if let Some(i) = number.as_i64() {
+        return i
+            .checked_mul(10_i64.pow(scale))
+            .ok_or_else(|| format!("{i} is too large"));
+    }
+    let text = number.to_string();
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.as_str()),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let frac = frac.trim_end_matches('0');
+    let valid =
+        !whole.is_empty() && (whole.chars().chain(frac.chars())).all(|c| c.is_ascii_digit());
+    if !valid {
+        return Err(format!("{text} is not a plain decimal"));
+    }
+    if frac.len() > scale as usize {
+        return Err(format!("{text} has more than {scale} decimals"));
+    }
+    let padded = format!("{whole}{frac:0<width$}", width = scale as usize);
+    let value: i64 = padded.parse().map_err(|_| format!("{text} is too large"))?;
+    Ok(if negative { -value } else { value })
+}
+
+fn cents<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    fixed_point(&number, 2).map_err(D::Error::custom)
+}
+
+fn basis_points<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    fixed_point(&number, 4).map_err(D::Error::custom)
+}
+
+/// RFC 3339, or a date-time without offset (taken as UTC).
+fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = String::deserialize(d)?;
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|e| D::Error::custom(format!("`{text}` is not a date-time: {e}")))
+}
+
+/// A BSON date-time (milliseconds).
+pub(crate) fn bson_time(t: DateTime<Utc>) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(t.timestamp_millis())
+}
+
+/// Back from a BSON date-time.
+pub(crate) fn chrono_time(t: mongodb::bson::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or_default()
+}
+
+/// Cents as `123.45`.
+pub(crate) fn format_cents(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale(json: &str) -> Result<Input, String> {
+        parse(Kind::Sales, Some(json.as_bytes()))
+    }
+
+    #[test]
+    fn money_is_exact_cents() {
+        let n = |s: &str| serde_json::from_str::<serde_json::Number>(s).expect("number");
+        assert_eq!(fixed_point(&n("4.44"), 2), Ok(444));
+        assert_eq!(fixed_point(&n("0.1"), 2), Ok(10));
+        assert_eq!(fixed_point(&n("12"), 2), Ok(1200));
+        assert_eq!(fixed_point(&n("-3.5"), 2), Ok(-350));
+        assert_eq!(fixed_point(&n("0.15"), 4), Ok(1500));
+        assert_eq!(fixed_point(&n("123456.78"), 2), Ok(12_345_678));
+        assert!(fixed_point(&n("1.005"), 2).is_err());
+    }
+
+    #[test]
+    fn a_good_sale_parses() {
+        let s = sale(
+            r#"{"invoice_id":"I1","client_id":"C1","timestamp":"2025-01-01T00:00:00.000Z",
+                "total_amount":10.5,"items":[{"product_id":"P1","quantity":2}]}"#,
+        )
+        .expect("valid");
+        let Input::Sale(s) = s else { panic!("a sale") };
+        assert_eq!((s.total_amount, s.items[0].quantity), (1050, 2));
+    }
+
+    #[test]
+    fn malformed_sales_say_why() {
+        let bad = [
+            ("{not json", "bad JSON"),
+            (
+                r#"{"invoice_id":"I","timestamp":"2025-01-01T00:00:00Z","total_amount":1,"items":[]}"#,
+                "client_id",
+            ),
+            (
+                r#"{"invoice_id":"I","client_id":"C","timestamp":"2025-01-01T00:00:00Z","total_amount":"1","items":[{"product_id":"P","quantity":1}]}"#,
+                "bad field",
+            ),
+            (
+                r#"{"invoice_id":"I","client_id":"C","timestamp":"2025-01-01T00:00:00Z","total_amount":1,"items":[{"product_id":"P","quantity":-2}]}"#,
+                "-2",
+            ),
+            (
+                r#"{"invoice_id":"I","client_id":"C","timestamp":"soon","total_amount":1,"items":[{"product_id":"P","quantity":1}]}"#,
+                "date-time",
+            ),
+        ];
+        for (json, why) in bad {
+            let err = sale(json).expect_err(json);
+            assert!(err.contains(why), "{json}: {err}");
+        }
+        assert!(parse(Kind::Sales, None).is_err());
+    }
+
+    #[test]
+    fn inventory_prices_and_threshold() {
+        let p = parse(
+            Kind::Inventory,
+            Some(
+                br#"{"product_id":"P1","name":"n","category":"dairy","buy_price":3.7,
+                "sell_price":4.44,"min_margin_threshold":0.15,"quantity":3,
+                "last_movement":"2025-01-01T00:00:00Z","expiry_date":"2025-02-01","batch_no":"B"}"#,
+            ),
+        )
+        .expect("valid");
+        let Input::Inventory(p) = p else {
+            panic!("inventory")
+        };
+        assert_eq!(
+            (p.buy_cents, p.sell_cents, p.min_margin_bp),
+            (370, 444, 1500)
+        );
+        assert_eq!(format_cents(-1234), "-12.34");
+        assert_eq!(format_cents(5), "0.05");
+    }
+}

@@ -1,0 +1,145 @@
+use chrono::NaiveDate;
+
+use super::*;
+use crate::{model::Client, state::Spent};
+
+fn rules() -> Rules {
+    Rules {
+        top_products: 2,
+        expiry_window_days: 7,
+        stale_movement_days: 30,
+        promo_min_revenue_cents: 10_000,
+        promo_tiers: vec!["gold".into()],
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
+        .single()
+        .expect("time")
+}
+
+fn product(
+    id: &str,
+    buy: i64,
+    sell: i64,
+    expiry: (i32, u32, u32),
+    moved_days_ago: i64,
+) -> Inventory {
+    Inventory {
+        product_id: id.into(),
+        name: format!("Product {id}"),
+        category: "dairy".into(),
+        buy_cents: buy,
+        sell_cents: sell,
+        min_margin_bp: 1500,
+        quantity: 5,
+        last_movement: now() - chrono::Duration::days(moved_days_ago),
+        expiry_date: NaiveDate::from_ymd_opt(expiry.0, expiry.1, expiry.2).expect("date"),
+        batch_no: "B1".into(),
+    }
+}
+
+#[test]
+fn winners_rank_by_profit_over_all_units_and_skip_unknown_products() {
+    let mut view = View {
+        sold: [("A", 10), ("B", 3), ("C", 100), ("X", 1000)]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into(),
+        ..View::default()
+    };
+    for (id, buy, sell) in [("A", 100, 150), ("B", 100, 400), ("C", 100, 101)] {
+        view.inventory
+            .insert(id.into(), product(id, buy, sell, (2026, 1, 1), 0));
+    }
+    let out = compute(&view, &rules(), now());
+    let w = &out[WINNERS];
+    assert_eq!(w.len(), 2);
+    assert_eq!(w["B"].get_i64("profit_cents"), Ok(900));
+    assert_eq!(w["B"].get_i64("rank"), Ok(1));
+    assert_eq!(w["A"].get_i64("revenue_cents"), Ok(1500));
+    assert_eq!(w["A"].get_i64("cost_cents"), Ok(1000));
+    assert_eq!(w["A"].get_str("profit"), Ok("5.00"));
+}
+
+#[test]
+fn loss_risk_lists_every_reason() {
+    let mut view = View::default();
+    view.inventory
+        .insert("all".into(), product("all", 100, 110, (2025, 3, 8), 30));
+    view.inventory
+        .insert("none".into(), product("none", 100, 200, (2025, 3, 9), 29));
+    view.inventory
+        .insert("margin".into(), product("margin", 85, 100, (2025, 4, 1), 0));
+    let out = compute(&view, &rules(), now());
+    let risk = &out[LOSS_RISK];
+    let reasons = |id: &str| -> Vec<String> {
+        risk[id]
+            .get_array("reasons")
+            .expect("reasons")
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        reasons("all"),
+        [
+            "expires_within_7_days",
+            "no_movement_30_days",
+            "margin_below_threshold"
+        ]
+    );
+    assert!(!risk.contains_key("none"));
+    // 15 % exactly is not below a 15 % threshold.
+    assert!(!risk.contains_key("margin"));
+}
+
+#[test]
+fn clients_by_tier_or_revenue() {
+    let mut view = View::default();
+    view.spent.insert(
+        "rich".into(),
+        Spent {
+            cents: 10_000,
+            invoices: 2,
+        },
+    );
+    view.spent.insert(
+        "poor".into(),
+        Spent {
+            cents: 9_999,
+            invoices: 1,
+        },
+    );
+    view.clients.insert(
+        "gold".into(),
+        Client {
+            client_id: "gold".into(),
+            name: "G".into(),
+            reported_revenue_cents: 0,
+            loyalty_tier: "Gold".into(),
+        },
+    );
+    let out = compute(&view, &rules(), now());
+    let c = &out[CLIENTS];
+    assert_eq!(
+        c["rich"].get_str("promo_rule"),
+        Ok("revenue 100.00 >= 100.00")
+    );
+    assert_eq!(c["poor"].get_bool("eligible_promo"), Ok(false));
+    assert_eq!(c["gold"].get_str("promo_rule"), Ok("loyalty tier gold"));
+}
+
+#[test]
+fn rollup_groups_by_category_and_minute() {
+    let mut view = View::default();
+    view.inventory
+        .insert("A".into(), product("A", 100, 150, (2026, 1, 1), 0));
+    view.cells.insert((1, "A".into()), 2);
+    view.cells.insert((1, "unknown".into()), 9);
+    let out = compute(&view, &rules(), now());
+    let cell = &out[ROLLUP]["dairy|1970-01-01T00:01Z"];
+    assert_eq!(cell.get_i64("units"), Ok(2));
+    assert_eq!(cell.get_i64("profit_cents"), Ok(100));
+    assert_eq!(out[ROLLUP].len(), 1);
+}

@@ -1,0 +1,327 @@
+//! MongoDB: each partition's keys with the offset they reflect (`analytics_state`), each
+//! partition's processed offset (`analytics_offsets`), and the result collections.
+//!
+//! Write order of a flush, and why no transaction is needed:
+//! 1. the changed keys of a partition, each `{…, next}` replaced only if the stored `next` is
+//!    lower (a stale writer, e.g. a replica that lost the partition, cannot go backwards);
+//! 2. the partition's offset, under the same condition;
+//! 3. the results, derived from the state (only documents that differ are written);
+//! 4. only then the Kafka commit (by the caller).
+//!
+//! A crash between 1 and 2 leaves keys ahead of their partition: the replay skips, per key,
+//! what the key holds already (see [`crate::state`]). A crash between 2 and 3 leaves the
+//! results behind the state: they are derived again at start, before any new input.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{NaiveDate, Utc};
+use futures::TryStreamExt;
+use mongodb::{
+    Client, Database,
+    bson::{self, Bson, Document, doc},
+};
+
+use crate::{
+    Error, Result,
+    model::{Client as ClientRecord, Inventory},
+    results::{COLLECTIONS, Results},
+    state::{PartitionState, Slot, Spent},
+};
+
+const STATE: &str = "analytics_state";
+const OFFSETS: &str = "analytics_offsets";
+/// Statements per `update` command.
+const CHUNK: usize = 1_000;
+
+/// `topic|partition`, the id of a partition in MongoDB.
+pub(crate) fn tp_id(topic: &str, partition: i32) -> String {
+    format!("{topic}|{partition}")
+}
+
+/// The analytics database.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// A client for `url`; connects lazily.
+    pub(crate) async fn connect(url: &str, database: &str) -> Result<Self> {
+        let client = Client::with_uri_str(url).await?;
+        Ok(Self {
+            db: client.database(database),
+        })
+    }
+
+    /// Round trip to the server.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.db.run_command(doc! {"ping": 1}).await?;
+        Ok(())
+    }
+
+    /// Every partition's stored offset.
+    pub(crate) async fn offsets(&self) -> Result<HashMap<String, i64>> {
+        let mut cursor = self
+            .db
+            .collection::<Document>(OFFSETS)
+            .find(doc! {})
+            .await?;
+        let mut out = HashMap::new();
+        while let Some(d) = cursor.try_next().await? {
+            let id = d.get_str("_id").unwrap_or_default().to_owned();
+            out.insert(id, d.get_i64("next").unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// One partition's state as stored.
+    #[tracing::instrument(skip(self))]
+    pub(crate) async fn load(&self, tp: &str) -> Result<PartitionState> {
+        let next = self
+            .db
+            .collection::<Document>(OFFSETS)
+            .find_one(doc! {"_id": tp})
+            .await?
+            .and_then(|d| d.get_i64("next").ok())
+            .unwrap_or(0);
+        let mut parts = self.load_where(doc! {"tp": tp}).await?;
+        let mut part = parts.remove(tp).unwrap_or_default();
+        part.next = next;
+        part.stored_next = next;
+        Ok(part)
+    }
+
+    /// The stored state of every partition except `mine`.
+    pub(crate) async fn load_others(
+        &self,
+        mine: &[String],
+    ) -> Result<BTreeMap<String, PartitionState>> {
+        self.load_where(doc! {"tp": {"$nin": mine}}).await
+    }
+
+    async fn load_where(&self, filter: Document) -> Result<BTreeMap<String, PartitionState>> {
+        let mut cursor = self.db.collection::<Document>(STATE).find(filter).await?;
+        let mut parts: BTreeMap<String, PartitionState> = BTreeMap::new();
+        while let Some(d) = cursor.try_next().await? {
+            let tp = d.get_str("tp").unwrap_or_default().to_owned();
+            read_key(parts.entry(tp).or_default(), &d)?;
+        }
+        Ok(parts)
+    }
+
+    /// Writes a partition's changed keys, then its offset (the caller clears the dirty marks).
+    #[tracing::instrument(skip(self, part), fields(next = part.next))]
+    pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<usize> {
+        let mut stmts = Vec::new();
+        let mut put = |kind: &str, key: String, next: i64, v: Document| {
+            let id = format!("{tp}|{kind}|{key}");
+            let replacement =
+                doc! {"_id": &id, "tp": tp, "k": kind, "key": key, "next": next, "v": v};
+            stmts.push(doc! {
+                "q": {"_id": id, "next": {"$lt": next}}, "u": replacement, "upsert": true,
+            });
+        };
+        for (k, s) in part.sold.iter().filter(|(_, s)| s.dirty) {
+            put("sold", k.clone(), s.next, doc! {"units": int(s.value)});
+        }
+        for ((minute, product), s) in part.cells.iter().filter(|(_, s)| s.dirty) {
+            let v = doc! {"minute": minute, "product": product, "units": int(s.value)};
+            put("cell", format!("{minute}|{product}"), s.next, v);
+        }
+        for (k, s) in part.spent.iter().filter(|(_, s)| s.dirty) {
+            let v = doc! {"cents": s.value.cents, "invoices": int(s.value.invoices)};
+            put("spent", k.clone(), s.next, v);
+        }
+        for (k, s) in part.inventory.iter().filter(|(_, s)| s.dirty) {
+            put("inv", k.clone(), s.next, inventory_doc(&s.value));
+        }
+        for (k, s) in part.clients.iter().filter(|(_, s)| s.dirty) {
+            put("client", k.clone(), s.next, client_doc(&s.value));
+        }
+        let written = stmts.len();
+        self.upsert(STATE, stmts).await?;
+        let (topic, partition) = tp.rsplit_once('|').unwrap_or((tp, "0"));
+        let offset = doc! {
+            "_id": tp, "topic": topic, "partition": partition.parse::<i32>().unwrap_or(0),
+            "next": part.next, "updated_at": crate::model::bson_time(Utc::now()),
+        };
+        let stmt = doc! {"q": {"_id": tp, "next": {"$lt": part.next}}, "u": offset, "upsert": true};
+        self.upsert(OFFSETS, vec![stmt]).await?;
+        Ok(written)
+    }
+
+    /// Runs `update` statements in chunks; a duplicate key on a conditional upsert means the
+    /// stored document is newer, which is not an error.
+    async fn upsert(&self, collection: &str, stmts: Vec<Document>) -> Result<()> {
+        for chunk in stmts.chunks(CHUNK) {
+            let reply = self
+                .db
+                .run_command(doc! {"update": collection, "updates": chunk, "ordered": false})
+                .await?;
+            check_write_errors(collection, &reply)?;
+        }
+        Ok(())
+    }
+
+    /// The result documents as stored, without `updated_at`.
+    pub(crate) async fn load_results(&self) -> Result<Results> {
+        let mut out = Results::new();
+        for name in COLLECTIONS {
+            let mut cursor = self.db.collection::<Document>(name).find(doc! {}).await?;
+            let mut docs = BTreeMap::new();
+            while let Some(mut d) = cursor.try_next().await? {
+                d.remove("updated_at");
+                let id = d.get_str("_id").unwrap_or_default().to_owned();
+                docs.insert(id, d);
+            }
+            out.insert(name, docs);
+        }
+        Ok(out)
+    }
+
+    /// Writes what differs between `new` and `old` (replace or delete); returns documents
+    /// touched. Equal results write nothing.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn write_results(&self, old: &Results, new: &Results) -> Result<usize> {
+        let now = crate::model::bson_time(Utc::now());
+        let empty = BTreeMap::new();
+        let mut touched = 0;
+        for (name, docs) in new {
+            let before = old.get(name).unwrap_or(&empty);
+            let upserts: Vec<Document> = docs
+                .iter()
+                .filter(|(id, d)| before.get(*id) != Some(*d))
+                .map(|(id, d)| {
+                    let mut u = d.clone();
+                    u.insert("updated_at", now);
+                    doc! {"q": {"_id": id}, "u": u, "upsert": true}
+                })
+                .collect();
+            let deletes: Vec<Document> = before
+                .keys()
+                .filter(|id| !docs.contains_key(*id))
+                .map(|id| doc! {"q": {"_id": id}, "limit": 1})
+                .collect();
+            touched += upserts.len() + deletes.len();
+            self.upsert(name, upserts).await?;
+            for chunk in deletes.chunks(CHUNK) {
+                let reply = self
+                    .db
+                    .run_command(doc! {"delete": *name, "deletes": chunk, "ordered": false})
+                    .await?;
+                check_write_errors(name, &reply)?;
+            }
+        }
+        Ok(touched)
+    }
+}
+
+fn check_write_errors(collection: &str, reply: &Document) -> Result<()> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Ok(());
+    };
+    for e in errors.iter().filter_map(Bson::as_document) {
+        let code = e
+            .get_i32("code")
+            .map(i64::from)
+            .or_else(|_| e.get_i64("code"));
+        if code != Ok(11000) {
+            return Err(Error::Stored {
+                id: collection.to_owned(),
+                reason: format!("write refused: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn inventory_doc(p: &Inventory) -> Document {
+    doc! {
+        "product_id": &p.product_id, "name": &p.name, "category": &p.category,
+        "buy_cents": p.buy_cents, "sell_cents": p.sell_cents, "min_margin_bp": p.min_margin_bp,
+        "quantity": int(p.quantity), "last_movement": crate::model::bson_time(p.last_movement),
+        "expiry_date": p.expiry_date.to_string(), "batch_no": &p.batch_no,
+    }
+}
+
+fn client_doc(c: &ClientRecord) -> Document {
+    doc! {
+        "client_id": &c.client_id, "name": &c.name,
+        "reported_revenue_cents": c.reported_revenue_cents, "loyalty_tier": &c.loyalty_tier,
+    }
+}
+
+/// Reads one `analytics_state` document into the partition.
+fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
+    let id = d.get_str("_id").unwrap_or_default();
+    let bad = |reason: &str| Error::Stored {
+        id: id.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let field = |r: std::result::Result<i64, bson::document::ValueAccessError>, name: &str| {
+        r.map_err(|_| bad(&format!("no integer `{name}`")))
+    };
+    let next = field(d.get_i64("next"), "next")?;
+    let key = d.get_str("key").map_err(|_| bad("no `key`"))?.to_owned();
+    let v = d.get_document("v").map_err(|_| bad("no `v`"))?;
+    let uint = |name: &str| field(v.get_i64(name), name).map(|n| u64::try_from(n).unwrap_or(0));
+    let text = |name: &str| {
+        v.get_str(name)
+            .map(str::to_owned)
+            .map_err(|_| bad(&format!("no string `{name}`")))
+    };
+    match d.get_str("k").unwrap_or_default() {
+        "sold" => {
+            part.sold.insert(key, Slot::stored(uint("units")?, next));
+        }
+        "cell" => {
+            let minute = field(v.get_i64("minute"), "minute")?;
+            let cell = (minute, text("product")?);
+            part.cells.insert(cell, Slot::stored(uint("units")?, next));
+        }
+        "spent" => {
+            let spent = Spent {
+                cents: field(v.get_i64("cents"), "cents")?,
+                invoices: uint("invoices")?,
+            };
+            part.spent.insert(key, Slot::stored(spent, next));
+        }
+        "inv" => {
+            let record = Inventory {
+                product_id: text("product_id")?,
+                name: text("name")?,
+                category: text("category")?,
+                buy_cents: field(v.get_i64("buy_cents"), "buy_cents")?,
+                sell_cents: field(v.get_i64("sell_cents"), "sell_cents")?,
+                min_margin_bp: field(v.get_i64("min_margin_bp"), "min_margin_bp")?,
+                quantity: uint("quantity")?,
+                last_movement: v
+                    .get_datetime("last_movement")
+                    .map(|t| crate::model::chrono_time(*t))
+                    .map_err(|_| bad("no date `last_movement`"))?,
+                expiry_date: NaiveDate::parse_from_str(&text("expiry_date")?, "%Y-%m-%d")
+                    .map_err(|_| bad("bad `expiry_date`"))?,
+                batch_no: text("batch_no")?,
+            };
+            part.inventory.insert(key, Slot::stored(record, next));
+        }
+        "client" => {
+            let record = ClientRecord {
+                client_id: text("client_id")?,
+                name: text("name")?,
+                reported_revenue_cents: field(
+                    v.get_i64("reported_revenue_cents"),
+                    "reported_revenue_cents",
+                )?,
+                loyalty_tier: text("loyalty_tier")?,
+            };
+            part.clients.insert(key, Slot::stored(record, next));
+        }
+        other => return Err(bad(&format!("unknown kind `{other}`"))),
+    }
+    Ok(())
+}
