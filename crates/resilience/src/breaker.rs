@@ -7,7 +7,14 @@
 //! - **Open**: calls are rejected at once with [`Error::CircuitOpen`] for `open_for`.
 //! - **Half-open**: at most `half_open_probes` calls run at the same time (seed 002's breaker
 //!   let every waiting caller through at once); `half_open_successes` successes close it, one
-//!   failure opens it again.
+//!   failure opens it again, and so does a probe that has not reported within `probe_timeout`
+//!   (it would otherwise hold its slot forever).
+//!
+//! Every state change starts a new *generation*: each closed period and each half-open round is
+//! one. A permit remembers the generation it was granted in, and its outcome counts only if the
+//! breaker is still in it. A slow call started before the breaker tripped says nothing about
+//! the dependency after it recovered, and a probe of a failed round must neither count towards
+//! the next round nor hold one of its slots.
 //!
 //! The closed path costs an atomic load plus one short critical section to record the outcome
 //! (see docs/benchmarks.md).
@@ -26,6 +33,7 @@
 //! # }
 //! ```
 
+mod config;
 mod layer;
 mod registry;
 mod window;
@@ -35,11 +43,12 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+pub use config::BreakerConfig;
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService, Classify, ErrorsOnly};
 use registry::BreakerMetrics;
 pub use registry::BreakerRegistry;
@@ -57,11 +66,19 @@ pub enum State {
 }
 
 impl State {
-    fn as_u8(self) -> u8 {
+    pub(crate) fn as_u8(self) -> u8 {
         match self {
             Self::Closed => 0,
             Self::Open => 1,
             Self::HalfOpen => 2,
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Closed,
+            1 => Self::Open,
+            _ => Self::HalfOpen,
         }
     }
 
@@ -72,87 +89,6 @@ impl State {
             Self::Open => "open",
             Self::HalfOpen => "half_open",
         }
-    }
-}
-
-/// When a breaker trips and how it recovers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Trip after this many failures in a row; 0 turns this rule off.
-    pub consecutive_failures: u32,
-    /// Trip when failures / calls over the window reach this (0 < rate ≤ 1); above 1 turns this
-    /// rule off.
-    pub failure_rate: f64,
-    /// The sliding window of the failure rate.
-    pub window: Duration,
-    /// The failure rate is judged only with at least this many calls in the window.
-    pub min_calls: u32,
-    /// How long the breaker stays open before probing.
-    pub open_for: Duration,
-    /// Probes allowed at the same time while half-open.
-    pub half_open_probes: u32,
-    /// Successful probes needed to close again.
-    pub half_open_successes: u32,
-}
-
-impl BreakerConfig {
-    /// For a database pool: trips fast (5 in a row, or 50 % of ≥ 20 calls in 10 s), probes after
-    /// 5 s with one query at a time, closes after 2 successes.
-    pub fn database() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            window: Duration::from_secs(10),
-            min_calls: 20,
-            open_for: Duration::from_secs(5),
-            half_open_probes: 1,
-            half_open_successes: 2,
-        }
-    }
-
-    /// For a message broker: 5 in a row or 50 % of ≥ 20 calls in 30 s; probes after 10 s, 2 at a
-    /// time, closes after 3 successes (a reconnecting broker often flaps).
-    pub fn broker() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            window: Duration::from_secs(30),
-            min_calls: 20,
-            open_for: Duration::from_secs(10),
-            half_open_probes: 2,
-            half_open_successes: 3,
-        }
-    }
-
-    /// For a remote HTTP API: 5 in a row or 50 % of ≥ 10 calls in 60 s; probes after 30 s, 3 at a
-    /// time, closes after 3 successes.
-    pub fn http_api() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            window: Duration::from_secs(60),
-            min_calls: 10,
-            open_for: Duration::from_secs(30),
-            half_open_probes: 3,
-            half_open_successes: 3,
-        }
-    }
-
-    /// Checks the values, naming the first bad one.
-    pub fn validate(&self) -> Result<()> {
-        if self.failure_rate.is_nan() || self.failure_rate <= 0.0 {
-            return Err(Error::invalid("failure_rate", "must be above 0"));
-        }
-        if self.window.is_zero() {
-            return Err(Error::invalid("window", "must be longer than 0"));
-        }
-        if self.half_open_probes == 0 {
-            return Err(Error::invalid("half_open_probes", "must be at least 1"));
-        }
-        if self.half_open_successes == 0 {
-            return Err(Error::invalid("half_open_successes", "must be at least 1"));
-        }
-        Ok(())
     }
 }
 
@@ -176,19 +112,38 @@ pub struct CircuitBreaker {
 struct Inner {
     name: String,
     config: BreakerConfig,
-    /// Mirror of `core.state` for the lock-free closed path.
-    state: AtomicU8,
+    /// Mirror of `core.generation << 2 | core.state`, so the lock-free closed path learns both
+    /// with one load.
+    word: AtomicU64,
     core: Mutex<Core>,
     metrics: Option<BreakerMetrics>,
 }
 
+fn pack(state: State, generation: u64) -> u64 {
+    generation << 2 | u64::from(state.as_u8())
+}
+
+fn unpack(word: u64) -> (State, u64) {
+    (State::from_u8((word & 3) as u8), word >> 2)
+}
+
 struct Core {
     state: State,
+    /// Counts state changes (see the module docs). 2^62 of them cannot happen.
+    generation: u64,
     consecutive: u32,
     window: Window,
     opened_at: Instant,
-    probes_in_flight: u32,
+    /// This round's probes that have not reported: ticket and start.
+    probes: Vec<(u64, Instant)>,
+    next_ticket: u64,
     probe_successes: u32,
+}
+
+impl Core {
+    fn remove_probe(&mut self, ticket: u64) {
+        self.probes.retain(|(t, _)| *t != ticket);
+    }
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -227,17 +182,19 @@ impl CircuitBreaker {
         let now = Instant::now();
         let core = Core {
             state: State::Closed,
+            generation: 0,
             consecutive: 0,
             window: Window::new(config.window, now),
             opened_at: now,
-            probes_in_flight: 0,
+            probes: Vec::new(),
+            next_ticket: 0,
             probe_successes: 0,
         };
         Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
                 config,
-                state: AtomicU8::new(State::Closed.as_u8()),
+                word: AtomicU64::new(pack(State::Closed, 0)),
                 core: Mutex::new(core),
                 metrics,
             }),
@@ -250,13 +207,10 @@ impl CircuitBreaker {
     }
 
     /// The current state (an open breaker whose cooldown is over reports `Open` until the next
-    /// call moves it to half-open).
+    /// call moves it to half-open; a half-open one whose probe timed out reports `HalfOpen`
+    /// until the next call or outcome opens it).
     pub fn state(&self) -> State {
-        match self.inner.state.load(Ordering::Acquire) {
-            0 => State::Closed,
-            1 => State::Open,
-            _ => State::HalfOpen,
-        }
+        unpack(self.inner.word.load(Ordering::Acquire)).0
     }
 
     /// Runs `fut` if the breaker allows it; every `Err` counts as a failure.
@@ -280,31 +234,39 @@ impl CircuitBreaker {
     /// Asks for permission to make one call. Report the outcome on the permit; a permit dropped
     /// without an outcome (a cancelled call) counts as neither and frees its probe slot.
     pub fn try_acquire(&self) -> Result<Permit> {
-        if self.inner.state.load(Ordering::Acquire) == State::Closed.as_u8() {
-            return Ok(self.permit(false));
+        let (state, generation) = unpack(self.inner.word.load(Ordering::Acquire));
+        if state == State::Closed {
+            return Ok(self.permit(generation, None));
         }
+        let config = &self.inner.config;
         let mut core = self.lock();
         let now = Instant::now();
+        self.expire_probes(&mut core, now);
         if core.state == State::Open {
-            let reopen_at = core.opened_at + self.inner.config.open_for;
-            if now < reopen_at {
-                return Err(self.reject(reopen_at - now));
+            // `open_for` is validated far below overflow; if it still overflowed, staying open
+            // is the safe answer (a panic here would take the caller down).
+            match core.opened_at.checked_add(config.open_for) {
+                Some(reopen_at) if now < reopen_at => return Err(self.reject(reopen_at - now)),
+                Some(_) => self.transition(&mut core, State::HalfOpen, now),
+                None => return Err(self.reject(config.open_for)),
             }
-            self.transition(&mut core, State::HalfOpen, now);
         }
         match core.state {
-            State::Closed => Ok(self.permit(false)),
-            State::HalfOpen if core.probes_in_flight < self.inner.config.half_open_probes => {
-                core.probes_in_flight += 1;
-                Ok(self.permit(true))
+            State::Closed => Ok(self.permit(core.generation, None)),
+            State::HalfOpen if core.probes.len() < config.half_open_probes as usize => {
+                let ticket = core.next_ticket;
+                core.next_ticket += 1;
+                core.probes.push((ticket, now));
+                Ok(self.permit(core.generation, Some(ticket)))
             }
-            _ => Err(self.reject(self.inner.config.open_for)),
+            _ => Err(self.reject(config.open_for)),
         }
     }
 
-    fn permit(&self, probe: bool) -> Permit {
+    fn permit(&self, generation: u64, probe: Option<u64>) -> Permit {
         Permit {
             breaker: self.clone(),
+            generation,
             probe,
             settled: false,
         }
@@ -328,18 +290,21 @@ impl CircuitBreaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn record(&self, probe: bool, failed: bool) {
+    fn record(&self, permit: &Permit, failed: bool) {
         if let Some(m) = &self.inner.metrics {
             if failed { &m.failures } else { &m.successes }.inc();
         }
         let config = &self.inner.config;
         let mut core = self.lock();
         let now = Instant::now();
-        if probe {
-            core.probes_in_flight = core.probes_in_flight.saturating_sub(1);
-            if core.state != State::HalfOpen {
-                return;
-            }
+        // A probe reporting after its deadline is judged as if the deadline had been noticed
+        // first: it timed out, whatever it says now.
+        self.expire_probes(&mut core, now);
+        if core.generation != permit.generation {
+            return;
+        }
+        if let Some(ticket) = permit.probe {
+            core.remove_probe(ticket);
             if failed {
                 self.transition(&mut core, State::Open, now);
             } else {
@@ -366,17 +331,45 @@ impl CircuitBreaker {
         }
     }
 
-    fn release_probe(&self) {
+    fn release_probe(&self, generation: u64, ticket: u64) {
         let mut core = self.lock();
-        core.probes_in_flight = core.probes_in_flight.saturating_sub(1);
+        // A probe of an earlier round holds no slot of this one.
+        if core.generation == generation {
+            core.remove_probe(ticket);
+        }
     }
 
+    /// A probe that has not reported within `probe_timeout` counts as failed at its deadline:
+    /// the dependency did not answer in time. The breaker opens from that instant (as if a timer
+    /// had fired then), which ends the round and frees every slot; the hung call's outcome, if
+    /// it ever comes, belongs to a past generation and is ignored.
+    fn expire_probes(&self, core: &mut Core, now: Instant) {
+        if core.state != State::HalfOpen {
+            return;
+        }
+        let Some(oldest) = core.probes.iter().map(|(_, started)| *started).min() else {
+            return;
+        };
+        let timeout = self.inner.config.probe_timeout;
+        match oldest.checked_add(timeout) {
+            Some(deadline) if deadline <= now => {
+                tracing::warn!(breaker = %self.inner.name, ?timeout, "a half-open probe did not report in time; counting it as failed");
+                self.transition(core, State::Open, deadline);
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves to `to` as of `now`, starting a new generation.
     fn transition(&self, core: &mut Core, to: State, now: Instant) {
         let from = core.state;
         if from == to {
             return;
         }
         core.state = to;
+        core.generation += 1;
+        // Probes belong to the round that granted them.
+        core.probes.clear();
         match to {
             State::Open => core.opened_at = now,
             State::HalfOpen => core.probe_successes = 0,
@@ -385,7 +378,9 @@ impl CircuitBreaker {
                 core.window.reset(now);
             }
         }
-        self.inner.state.store(to.as_u8(), Ordering::Release);
+        self.inner
+            .word
+            .store(pack(to, core.generation), Ordering::Release);
         if let Some(m) = &self.inner.metrics {
             m.transition(from, to);
         }
@@ -398,7 +393,10 @@ impl CircuitBreaker {
 #[must_use = "report the outcome with success() or failure()"]
 pub struct Permit {
     breaker: CircuitBreaker,
-    probe: bool,
+    /// The generation the permit was granted in; its outcome counts only in that one.
+    generation: u64,
+    /// The probe's ticket, for a half-open probe.
+    probe: Option<u64>,
     settled: bool,
 }
 
@@ -406,25 +404,25 @@ impl Permit {
     /// The call succeeded.
     pub fn success(mut self) {
         self.settled = true;
-        self.breaker.record(self.probe, false);
+        self.breaker.record(&self, false);
     }
 
     /// The call failed.
     pub fn failure(mut self) {
         self.settled = true;
-        self.breaker.record(self.probe, true);
+        self.breaker.record(&self, true);
     }
 
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.probe.is_some()
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.settled && self.probe {
-            self.breaker.release_probe();
+        if let (false, Some(ticket)) = (self.settled, self.probe) {
+            self.breaker.release_probe(self.generation, ticket);
         }
     }
 }

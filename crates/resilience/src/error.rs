@@ -1,5 +1,9 @@
 use std::time::Duration;
 
+/// The longest wait a setting may ask for. No cooldown needs more, and it keeps
+/// `Instant + wait` far from the end of the clock's range, where the addition panics.
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Every refusal and failure of sluice-resilience.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +51,17 @@ impl Error {
             Self::RateLimited { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// Refuses a wait longer than [`LONGEST_WAIT`], naming the setting.
+    pub(crate) fn check_wait(setting: &'static str, wait: Duration) -> Result<()> {
+        if wait > LONGEST_WAIT {
+            return Err(Self::invalid(
+                setting,
+                format!("{wait:?} is longer than the limit of 365 days"),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {

@@ -17,7 +17,17 @@ fn config() -> BreakerConfig {
         open_for: Duration::from_secs(5),
         half_open_probes: 2,
         half_open_successes: 2,
+        ..BreakerConfig::database()
     }
+}
+
+/// Trips `b` (3 failures in a row with `config()`) and waits out the cooldown.
+async fn trip_and_cool_down(b: &CircuitBreaker) {
+    for _ in 0..3 {
+        fail(b).await;
+    }
+    assert_eq!(b.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(5)).await;
 }
 
 async fn fail(b: &CircuitBreaker) {
@@ -137,6 +147,114 @@ async fn a_dropped_probe_frees_its_slot() {
     assert!(b.try_acquire().is_err(), "the only slot is taken");
     drop(probe);
     b.try_acquire().expect("slot freed").success();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outcome_from_an_earlier_closed_period_is_not_counted() {
+    let b = CircuitBreaker::try_new("generations", config()).expect("valid");
+    // Started in the first closed period, it outlives a whole open / half-open / closed cycle.
+    let old = b.try_acquire().expect("closed");
+    trip_and_cool_down(&b).await;
+    succeed(&b).await.expect("probe");
+    succeed(&b).await.expect("probe");
+    assert_eq!(b.state(), State::Closed);
+    fail(&b).await;
+    fail(&b).await;
+    old.failure();
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "two failures of this period plus one of the last are not three in a row"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_from_an_earlier_half_open_round_is_not_counted() {
+    let b = CircuitBreaker::try_new("rounds", config()).expect("valid");
+    trip_and_cool_down(&b).await;
+    let old_probe = b.try_acquire().expect("first round's probe");
+    fail(&b).await;
+    assert_eq!(b.state(), State::Open, "the other probe failed");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    succeed(&b).await.expect("second round's probe");
+    old_probe.success();
+    assert_eq!(
+        b.state(),
+        State::HalfOpen,
+        "one success of this round; the other belongs to the last round"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_half_open_round_has_every_probe_slot() {
+    let b = CircuitBreaker::try_new("slots", config()).expect("valid");
+    trip_and_cool_down(&b).await;
+    let _still_running = b.try_acquire().expect("first round's probe");
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let first = b.try_acquire().expect("second round, first slot");
+    let second = b
+        .try_acquire()
+        .expect("second round, second slot: the last round's probe holds none");
+    assert!(first.is_probe() && second.is_probe());
+    assert!(b.try_acquire().is_err(), "both slots are taken");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_probe_times_out_and_frees_its_slot() {
+    let b = CircuitBreaker::try_new(
+        "hung",
+        BreakerConfig {
+            half_open_probes: 1,
+            ..config()
+        },
+    )
+    .expect("valid");
+    trip_and_cool_down(&b).await;
+    let _hung = b.try_acquire().expect("probe");
+    assert!(b.try_acquire().is_err(), "the only slot is taken");
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let probe = b
+        .try_acquire()
+        .expect("an hour later the hung probe no longer holds the slot");
+    assert!(probe.is_probe());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_times_out_counts_as_failed_at_its_deadline() {
+    let b = CircuitBreaker::try_new(
+        "deadline",
+        BreakerConfig {
+            half_open_probes: 1,
+            probe_timeout: Duration::from_secs(10),
+            ..config()
+        },
+    )
+    .expect("valid");
+    trip_and_cool_down(&b).await;
+    let late = b.try_acquire().expect("probe");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    late.success();
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "an answer at the deadline is too late to count"
+    );
+    match b.try_acquire() {
+        Err(Error::CircuitOpen { retry_in, .. }) => {
+            assert_eq!(retry_in, Duration::from_secs(5), "open since the deadline");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let in_time = b.try_acquire().expect("the next round's probe");
+    tokio::time::advance(Duration::from_secs(9)).await;
+    in_time.success();
+    assert_eq!(
+        b.state(),
+        State::HalfOpen,
+        "one success in time, one more needed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,4 +415,34 @@ fn invalid_configs_name_the_setting() {
     )
     .expect_err("invalid");
     assert!(err.to_string().contains("failure_rate"), "{err}");
+    for probe_timeout in [Duration::ZERO, Duration::MAX] {
+        let err = CircuitBreaker::try_new(
+            "x",
+            BreakerConfig {
+                probe_timeout,
+                ..config()
+            },
+        )
+        .expect_err("invalid");
+        assert!(err.to_string().contains("probe_timeout"), "{err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_for_too_long_for_the_clock_is_refused_instead_of_panicking() {
+    let forever = BreakerConfig {
+        open_for: Duration::MAX,
+        ..config()
+    };
+    // `new` falls back to the database preset rather than panicking when the breaker trips.
+    let b = CircuitBreaker::new("forever", forever.clone());
+    for _ in 0..5 {
+        fail(&b).await;
+    }
+    assert!(matches!(
+        succeed(&b).await,
+        Err(CallError::Rejected(Error::CircuitOpen { .. }))
+    ));
+    let err = CircuitBreaker::try_new("forever", forever).expect_err("invalid");
+    assert!(err.to_string().contains("open_for"), "{err}");
 }
