@@ -8,7 +8,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{Error, Result};
+use crate::{Error, Result, error::LONGEST_WAIT};
 
 /// What a call's outcome says about the callee's load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub struct AimdConfig {
     /// The factor applied on overload (0 < f < 1).
     pub decrease: f64,
     /// Overload signals within this time after a cut do not cut again (they describe the same
-    /// congestion).
+    /// congestion). At most 365 days.
     pub cooldown: Duration,
 }
 
@@ -98,8 +98,15 @@ impl AdaptiveLimiter {
         {
             return Err(Error::invalid("min_rate", "need 0 < min_rate ≤ max_rate"));
         }
-        if Duration::try_from_secs_f64(1.0 / config.min_rate).is_err() {
-            return Err(Error::invalid("min_rate", "too small to pace"));
+        // The pacing interval is added to the clock; past 365 days that could overflow it.
+        match Duration::try_from_secs_f64(1.0 / config.min_rate) {
+            Ok(interval) if interval <= LONGEST_WAIT => {}
+            _ => {
+                return Err(Error::invalid(
+                    "min_rate",
+                    "too small to pace: below one per 365 days",
+                ));
+            }
         }
         if !(config.min_rate..=config.max_rate).contains(&config.initial_rate) {
             return Err(Error::invalid(
@@ -116,6 +123,7 @@ impl AdaptiveLimiter {
         if !(config.increase.is_finite() && config.increase >= 0.0) {
             return Err(Error::invalid("increase", "must be 0 or more"));
         }
+        Error::check_wait("cooldown", config.cooldown)?;
         Ok(Self {
             state: Mutex::new(Aimd {
                 rate: config.initial_rate,
@@ -136,6 +144,7 @@ impl AdaptiveLimiter {
         let slot = {
             let mut s = self.lock();
             let slot = s.next_slot.max(Instant::now());
+            // rate ≥ min_rate, validated to pace at least once per 365 days: cannot overflow.
             s.next_slot = slot + Duration::from_secs_f64(1.0 / s.rate);
             slot
         };
@@ -163,7 +172,12 @@ impl AdaptiveLimiter {
             Outcome::Success => s.rate = (s.rate + c.increase / s.rate).min(c.max_rate),
             Outcome::Overload => {
                 let now = Instant::now();
-                if s.last_cut.is_some_and(|at| now < at + c.cooldown) {
+                // `cooldown` is validated far below overflow; were it not, an unrepresentable end
+                // means the cooldown is still running.
+                let cooling = s
+                    .last_cut
+                    .is_some_and(|at| at.checked_add(c.cooldown).is_none_or(|end| now < end));
+                if cooling {
                     return;
                 }
                 s.rate = (s.rate * c.decrease).max(c.min_rate);
@@ -244,6 +258,39 @@ mod tests {
         assert_eq!(Outcome::from_http_status(503), Outcome::Overload);
         assert_eq!(Outcome::from_http_status(204), Outcome::Success);
         assert_eq!(Outcome::from_http_status(400), Outcome::Neutral);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_too_long_for_the_clock_are_refused_instead_of_panicking() {
+        for (setting, config) in [
+            (
+                "cooldown",
+                AimdConfig {
+                    cooldown: Duration::MAX,
+                    ..AimdConfig::default()
+                },
+            ),
+            (
+                "min_rate",
+                AimdConfig {
+                    initial_rate: 1e-19,
+                    min_rate: 1e-19,
+                    ..AimdConfig::default()
+                },
+            ),
+        ] {
+            match AdaptiveLimiter::new(config) {
+                Err(err) => assert!(err.to_string().contains(setting), "{err}"),
+                Ok(l) => {
+                    // Accepted, these values used to panic here: `Instant + Duration` overflows.
+                    l.record(Outcome::Overload);
+                    l.record(Outcome::Overload);
+                    l.acquire().await;
+                    l.acquire().await;
+                    panic!("{setting}: accepted");
+                }
+            }
+        }
     }
 
     #[test]
