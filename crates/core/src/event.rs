@@ -3,12 +3,24 @@
 //! Input arrives as untyped JSON so that a bad event can be reported precisely: which event of
 //! the batch (its index) and which field, rather than serde's first complaint.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Longest `topic`, `event_id` or `source`, in characters.
 pub const MAX_NAME_CHARS: usize = 255;
+
+/// Deepest nesting of objects and arrays in a payload (the payload object itself is level 1).
+/// serde_json refuses input nested 128 levels or more, and an accepted event travels inside
+/// wrappers (`{"v":"1","events":[event]}` on the queue, three levels), so without this bound an
+/// event accepted at `/publish` could be undecodable by the worker. Postgres's jsonb allows
+/// thousands of levels; 100 leaves room for future wrappers.
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
+
+/// Earliest and latest timestamp accepted: the ISO 8601 four-digit years. Postgres holds
+/// 4713 BC to 294276 AD, but a client sending a year outside 1–9999 has a bug we should name.
+const MIN_YEAR: i32 = 1;
+const MAX_YEAR: i32 = 9999;
 
 /// One event: where it belongs (`topic`), its identity within the topic (`event_id`), who sent
 /// it, when it happened and an arbitrary JSON object.
@@ -67,6 +79,8 @@ impl Event {
                     let chars = s.chars().count();
                     if chars == 0 || chars > MAX_NAME_CHARS {
                         Err(err(field, "must be 1 to 255 characters long"))
+                    } else if s.contains('\0') {
+                        Err(err(field, NUL_MESSAGE))
                     } else {
                         Ok(s.clone())
                     }
@@ -79,12 +93,23 @@ impl Event {
         let source = name("source")?;
         let timestamp = match obj.get("timestamp") {
             None | Some(Value::Null) => return Err(err("timestamp", "is required")),
-            Some(Value::String(s)) => parse_timestamp(s).ok_or_else(|| {
-                err(
-                    "timestamp",
-                    "must be an ISO 8601 date-time, e.g. 2025-01-31T12:00:00Z",
-                )
-            })?,
+            Some(Value::String(s)) => parse_timestamp(s)
+                .ok_or_else(|| {
+                    err(
+                        "timestamp",
+                        "must be an ISO 8601 date-time, e.g. 2025-01-31T12:00:00Z",
+                    )
+                })
+                .and_then(|t| {
+                    if (MIN_YEAR..=MAX_YEAR).contains(&t.year()) {
+                        Ok(t)
+                    } else {
+                        Err(err(
+                            "timestamp",
+                            "must be within the years 0001 to 9999 (UTC)",
+                        ))
+                    }
+                })?,
             Some(_) => return Err(err("timestamp", "must be an ISO 8601 date-time string")),
         };
         let payload = match obj.get("payload") {
@@ -92,6 +117,8 @@ impl Event {
             Some(Value::Object(map)) => map.clone(),
             Some(_) => return Err(err("payload", "must be a JSON object")),
         };
+        check_storable(&payload, 1, &mut String::from("payload"))
+            .map_err(|(path, message)| ValidationError::new(index, &path, message))?;
         Ok(Self {
             topic,
             event_id,
@@ -99,6 +126,58 @@ impl Event {
             source,
             payload,
         })
+    }
+}
+
+/// What a client is told about U+0000, which Postgres cannot hold in text or jsonb.
+const NUL_MESSAGE: &str = "must not contain the character U+0000 (Postgres cannot store it)";
+
+/// Checks what Postgres's jsonb would refuse although JSON allows it: U+0000 in a key or a
+/// string, and nesting deeper than [`MAX_PAYLOAD_DEPTH`]. Numbers need no check: serde_json
+/// refuses those outside f64 while parsing and jsonb's numeric holds every f64. On failure,
+/// returns the path of the offending value (`payload.a[2].b`) and what is wrong with it.
+fn check_storable(
+    map: &Map<String, Value>,
+    depth: usize,
+    path: &mut String,
+) -> Result<(), (String, &'static str)> {
+    if depth > MAX_PAYLOAD_DEPTH {
+        return Err((path.clone(), "is nested too deeply (at most 100 levels)"));
+    }
+    for (key, value) in map {
+        let len = path.len();
+        path.push('.');
+        path.push_str(key);
+        if key.contains('\0') {
+            return Err((path.clone(), NUL_MESSAGE));
+        }
+        check_value(value, depth, path)?;
+        path.truncate(len);
+    }
+    Ok(())
+}
+
+fn check_value(
+    value: &Value,
+    depth: usize,
+    path: &mut String,
+) -> Result<(), (String, &'static str)> {
+    match value {
+        Value::String(s) if s.contains('\0') => Err((path.clone(), NUL_MESSAGE)),
+        Value::Object(map) => check_storable(map, depth + 1, path),
+        Value::Array(items) => {
+            if depth + 1 > MAX_PAYLOAD_DEPTH {
+                return Err((path.clone(), "is nested too deeply (at most 100 levels)"));
+            }
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                check_value(item, depth + 1, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -215,6 +294,48 @@ mod tests {
             let err = Event::from_json(&e, Some(3)).expect_err(field);
             assert_eq!((err.index, err.field.as_str()), (Some(3), field));
         }
+    }
+
+    #[test]
+    fn rejects_what_postgres_cannot_store() {
+        for (field, value, at) in [
+            ("topic", json!("a\u{0}b"), "topic"),
+            ("event_id", json!("\u{0}"), "event_id"),
+            ("source", json!("x\u{0}"), "source"),
+            ("payload", json!({"a": "x\u{0}"}), "payload.a"),
+            ("payload", json!({"k\u{0}": 1}), "payload.k\u{0}"),
+            (
+                "payload",
+                json!({"a": [1, {"b": ["\u{0}"]}]}),
+                "payload.a[1].b[0]",
+            ),
+            ("timestamp", json!("0000-12-31T23:00:00Z"), "timestamp"),
+            ("timestamp", json!("+10000-01-01T00:00:00"), "timestamp"),
+            ("timestamp", json!("9999-12-31T23:00:00-02:00"), "timestamp"),
+        ] {
+            let mut e = good();
+            e[field] = value;
+            let err = Event::from_json(&e, Some(2)).expect_err(at);
+            assert_eq!((err.index, err.field.as_str()), (Some(2), at));
+        }
+        assert!(Event::from_json(&good(), None).is_ok());
+    }
+
+    #[test]
+    fn bounds_payload_nesting() {
+        let nest = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({ "n": v });
+            }
+            v
+        };
+        let mut e = good();
+        e["payload"] = nest(MAX_PAYLOAD_DEPTH);
+        assert!(Event::from_json(&e, None).is_ok());
+        e["payload"] = nest(MAX_PAYLOAD_DEPTH + 1);
+        let err = Event::from_json(&e, None).expect_err("too deep");
+        assert!(err.field.starts_with("payload.n.n"), "{}", err.field);
     }
 
     #[test]

@@ -114,6 +114,24 @@ mod tests {
     }
 
     #[test]
+    fn the_deepest_payload_validation_accepts_survives_the_queue() {
+        let mut payload = json!(1);
+        for _ in 0..crate::event::MAX_PAYLOAD_DEPTH {
+            payload = json!({ "n": payload });
+        }
+        let body = json!({"events": [{"topic": "t", "event_id": "1", "source": "s",
+                          "timestamp": "2025-01-01T00:00:00Z", "payload": payload}]});
+        // As /publish receives it, then as the worker reads it back from the queue.
+        let body: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(&body).expect("encode")).expect("parse");
+        let events = crate::event::parse_batch(&body).expect("valid");
+        let bytes = BatchMessage::new(events, Some("t".into()))
+            .to_bytes()
+            .expect("encode");
+        assert!(BatchMessage::from_bytes(&bytes).is_ok());
+    }
+
+    #[test]
     fn refuses_an_unknown_version() {
         let err = EventMessage::from_bytes(br#"{"v":"99","event":{}}"#).expect_err("v99");
         assert!(matches!(err, Error::Wire(_)));

@@ -3,8 +3,9 @@
 //!
 //! A permanent error returns at once; a transient one is retried after the next backoff delay;
 //! `RetryAfter(d)` (the callee said when to come back, e.g. HTTP 429/503 `Retry-After`) waits
-//! `d` instead. The budget ends the loop: the number of attempts, and the time since the first
-//! attempt, which a pending wait may not overrun.
+//! `d` instead, capped by the policy (a callee's header is input: `Retry-After: 18446744073709551615`
+//! must neither panic nor park the caller for ever). The budget ends the loop: the number of
+//! attempts, and the time since the first attempt, which a pending wait may not overrun.
 //!
 //! ```
 //! use std::time::Duration;
@@ -54,7 +55,11 @@ pub struct RetryPolicy {
     backoff: Backoff,
     max_attempts: u32,
     max_elapsed: Option<Duration>,
+    max_retry_after: Duration,
 }
+
+/// The longest `RetryAfter` wait honoured unless the policy says otherwise.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl RetryPolicy {
     /// At most `max_attempts` calls in all (the first included), with 100 ms → 10 s
@@ -65,6 +70,7 @@ impl RetryPolicy {
                 .with_jitter(Jitter::Full),
             max_attempts: max_attempts.max(1),
             max_elapsed: None,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
     }
 
@@ -78,6 +84,17 @@ impl RetryPolicy {
     pub fn with_max_elapsed(mut self, max_elapsed: Duration) -> Self {
         self.max_elapsed = Some(max_elapsed);
         self
+    }
+
+    /// The longest wait a `RetryAfter` verdict may ask for; longer ones wait this long.
+    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// The wait a `RetryAfter(wait)` verdict gets: `wait`, at most the policy's cap.
+    pub fn retry_after(&self, wait: Duration) -> Duration {
+        wait.min(self.max_retry_after)
     }
 
     /// Calls allowed in all.
@@ -104,6 +121,23 @@ pub struct RetryEvent<'a, E> {
 pub async fn retry<T, E, Op, Fut>(
     policy: &RetryPolicy,
     classify: impl Fn(&E) -> Verdict,
+    on_retry: impl FnMut(&RetryEvent<'_, E>),
+    op: Op,
+) -> Result<T, E>
+where
+    Op: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry_until(policy, std::future::pending(), classify, on_retry, op).await
+}
+
+/// [`retry`] that gives up when `stop` completes (a shutdown): a wait between attempts ends at
+/// once and the last error is returned; an attempt in progress is not interrupted, so the
+/// caller never has to guess whether it took effect.
+pub async fn retry_until<T, E, Op, Fut>(
+    policy: &RetryPolicy,
+    stop: impl Future<Output = ()>,
+    classify: impl Fn(&E) -> Verdict,
     mut on_retry: impl FnMut(&RetryEvent<'_, E>),
     mut op: Op,
 ) -> Result<T, E>
@@ -111,6 +145,7 @@ where
     Op: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let mut stop = std::pin::pin!(stop);
     let start = Instant::now();
     let mut delays = policy.backoff.delays();
     let mut attempt = 0;
@@ -125,7 +160,7 @@ where
             Verdict::Permanent => return Err(error),
             Verdict::RetryAfter(wait) => {
                 delays.next();
-                wait
+                policy.retry_after(wait)
             }
             Verdict::Transient => match delays.next() {
                 Some(delay) => delay,
@@ -135,8 +170,9 @@ where
         if attempt >= policy.max_attempts {
             return Err(error);
         }
+        // Checked: `delay` may come from a header, and an overflow must not panic.
         if let Some(max) = policy.max_elapsed
-            && start.elapsed() + delay > max
+            && start.elapsed().checked_add(delay).is_none_or(|at| at > max)
         {
             return Err(error);
         }
@@ -146,7 +182,10 @@ where
             verdict,
             delay,
         });
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut stop => return Err(error),
+        }
     }
 }
 
@@ -216,6 +255,65 @@ mod tests {
         assert_eq!(out, Err("busy"));
         assert_eq!(calls.get(), 2);
         assert_eq!(start.elapsed(), Duration::from_secs(7));
+    }
+
+    /// Issue 9 item 10: `Retry-After: 18446744073709551615` overflowed `elapsed + delay` and
+    /// panicked; now the wait is capped and the call goes on.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_is_capped_and_never_panics() {
+        let calls = Cell::new(0);
+        let start = Instant::now();
+        let out: Result<u32, &str> = retry(
+            &RetryPolicy::new(3).with_max_elapsed(Duration::from_secs(120)),
+            |_| Verdict::RetryAfter(Duration::from_secs(u64::MAX)),
+            |_| {},
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 2 { Err("busy") } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!(out, Ok(2));
+        assert_eq!(start.elapsed(), DEFAULT_MAX_RETRY_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_past_the_elapsed_budget_returns_the_error_at_once() {
+        let start = Instant::now();
+        let out: Result<(), &str> = retry(
+            &RetryPolicy::new(5)
+                .with_max_elapsed(Duration::from_secs(10))
+                .with_max_retry_after(Duration::MAX),
+            |_| Verdict::RetryAfter(Duration::MAX),
+            |_| panic!("no retry expected"),
+            || async { Err("busy") },
+        )
+        .await;
+        assert_eq!(out, Err("busy"));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// Issue 9 item 14: a shutdown during a wait ends the retries at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_between_attempts() {
+        let calls = Cell::new(0);
+        let start = Instant::now();
+        let stop = tokio::time::sleep(Duration::from_secs(3));
+        let out: Result<(), &str> = retry_until(
+            &RetryPolicy::new(5),
+            stop,
+            |_| Verdict::RetryAfter(Duration::from_secs(30)),
+            |_| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("busy") }
+            },
+        )
+        .await;
+        assert_eq!(out, Err("busy"));
+        assert_eq!(calls.get(), 1);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,9 +25,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Result,
+    error::WriteFailure,
     metrics::AggregatorMetrics,
     store::{QueuedBatch, Store},
 };
+
+/// Statement failures (not outages) of one delivery before it is dead-lettered; see
+/// [`WriteFailure`].
+const STATEMENT_ATTEMPTS: u32 = 3;
 
 /// Settings of the ingress.
 #[derive(Debug, Clone)]
@@ -134,8 +139,9 @@ impl AmqpIngress {
         self.metrics.accepted.inc_by(batch.events.len() as u64);
         let mut backoff =
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)).delays();
+        let mut statement_failures = 0;
         loop {
-            match self
+            let err = match self
                 .store
                 .write(self.shard, std::slice::from_ref(&batch))
                 .await
@@ -146,19 +152,26 @@ impl AmqpIngress {
                     self.metrics.duplicates.inc_by(outcome.duplicates);
                     break;
                 }
-                Err(err) if err.is_permanent() => {
-                    self.dead_letter(delivery, dead, &err.to_string()).await?;
-                    break;
+                Err(err) => err,
+            };
+            let give_up = match err.write_failure() {
+                WriteFailure::Refused => true,
+                WriteFailure::Statement => {
+                    statement_failures += 1;
+                    statement_failures >= STATEMENT_ATTEMPTS
                 }
-                Err(err) => {
-                    if shutdown.is_cancelled() {
-                        // Not acknowledged: the broker redelivers it.
-                        return Ok(());
-                    }
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %err, ?delay, "storing an AMQP delivery failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
+                WriteFailure::Outage => false,
+            };
+            if give_up {
+                self.dead_letter(delivery, dead, &err.reason()).await?;
+                break;
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(error = %err, ?delay, "storing an AMQP delivery failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                // Not acknowledged: the broker redelivers it.
+                () = shutdown.cancelled() => return Ok(()),
             }
         }
         delivery.ack(BasicAckOptions::default()).await?;

@@ -36,17 +36,62 @@ pub enum Error {
     Poison { entry_id: String, reason: String },
 }
 
+/// What a failed write means for the entries it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// Postgres refused the data itself (SQLSTATE classes 22 data exception and 23 integrity
+    /// violation): retrying the same entries cannot help.
+    Refused,
+    /// Postgres is up but failed this statement for a reason that may or may not be the data
+    /// (a statement timeout on a huge round, a program limit, a trigger's exception): worth a
+    /// few retries, then the round is split and what still fails is dead-lettered.
+    Statement,
+    /// Postgres is unreachable, restarting, overloaded or resolving a conflict: the entries are
+    /// fine and wait in Redis until it is back, however long that takes.
+    Outage,
+}
+
 impl Error {
-    /// Whether retrying cannot help: the data itself is refused by Postgres (SQLSTATE classes
-    /// 22 data exception and 23 integrity violation).
-    pub fn is_permanent(&self) -> bool {
+    /// Classifies a failed write; see [`WriteFailure`].
+    pub fn write_failure(&self) -> WriteFailure {
         match self {
-            Self::Database(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-            Self::Poison { .. } | Self::Config { .. } => true,
-            _ => false,
+            Self::Database(sqlx::Error::Database(db)) => match db.code().as_deref() {
+                Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                    WriteFailure::Refused
+                }
+                // Connection exceptions, serialization failure and deadlock, resources other
+                // than memory, operator intervention (shutdown, cannot connect now), a read-only
+                // standby after a fail-over, lock not available.
+                Some(code)
+                    if code.starts_with("08")
+                        || matches!(code, "40001" | "40P01" | "53100" | "53300" | "53400")
+                        || code.starts_with("57P")
+                        || matches!(code, "25006" | "55P03" | "55006") =>
+                {
+                    WriteFailure::Outage
+                }
+                _ => WriteFailure::Statement,
+            },
+            Self::Poison { .. } | Self::Config { .. } => WriteFailure::Refused,
+            _ => WriteFailure::Outage,
         }
+    }
+
+    /// The error as a dead-letter reason: its message, plus the SQLSTATE when Postgres gave one
+    /// (sqlx's message alone does not name it).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => match db.code() {
+                Some(code) => format!("{self} (SQLSTATE {code})"),
+                None => self.to_string(),
+            },
+            _ => self.to_string(),
+        }
+    }
+
+    /// Whether retrying cannot help: the data itself is refused.
+    pub fn is_permanent(&self) -> bool {
+        self.write_failure() == WriteFailure::Refused
     }
 }
 

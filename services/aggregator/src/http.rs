@@ -132,7 +132,14 @@ async fn publish(
     })?;
     let timeout = Duration::from_millis(state.config.publish_timeout_ms);
     match tokio::time::timeout(timeout, state.stream.append(&encoded)).await {
-        Ok(Ok(entry_id)) => {
+        Ok(Ok((entry_id, recreated))) => {
+            if recreated {
+                state.metrics.group_recreated.inc();
+                tracing::error!(
+                    stream = state.stream.key(),
+                    "the stream and its consumer group were missing (Redis lost its data?); created them again"
+                );
+            }
             state.metrics.accepted.inc_by(count as u64);
             state.backlog.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%trace_id, %entry_id, events = count, "batch queued");
@@ -256,7 +263,9 @@ async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError>
         "received": counters.received,
         "unique_processed": counters.unique_processed,
         "duplicate_dropped": counters.duplicate_dropped,
-        "topics": topics,
+        // A number, as in the seed's service (clients do arithmetic on it); the names beside it.
+        "topics": topics.len(),
+        "topic_names": topics,
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "status": "healthy",
         "queue": backlog.map(|b| json!({"length": b.length, "pending": b.pending})),

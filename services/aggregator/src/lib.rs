@@ -57,6 +57,8 @@ pub use crate::{
 
 /// How often the stream's length is read for `/publish`'s high-water check and the gauges.
 const BACKLOG_EVERY: Duration = Duration::from_millis(200);
+/// How often records of consumed entries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// A built aggregator: connected, migrated, listening.
 #[derive(Debug)]
@@ -179,6 +181,7 @@ impl App {
                 store: state.store.clone(),
                 metrics: state.metrics.clone(),
                 shard: shard_base + i32::try_from(i).unwrap_or(0),
+                claim_idle: Config::ms(config.claim_idle_ms),
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }
@@ -197,7 +200,7 @@ impl App {
         tasks.spawn(maintain(
             state.clone(),
             shutdown.clone(),
-            Duration::from_secs(config.consumed_retention_hours * 3600),
+            Duration::from_secs(config.consumed_retention_hours.saturating_mul(3600)),
         ));
 
         let router = http::router(state.clone(), &health, &metrics, http_metrics);
@@ -229,31 +232,57 @@ impl App {
     }
 }
 
-/// Keeps the backlog figure fresh and prunes old consumed-entry records.
-async fn maintain(state: Arc<ApiState>, shutdown: CancellationToken, retention: Duration) {
+/// Keeps the backlog figure fresh (creating the consumer group again if Redis lost it) and
+/// prunes consumed-entry records that can no longer be needed.
+async fn maintain(state: Arc<ApiState>, shutdown: CancellationToken, amqp_retention: Duration) {
     let mut next_prune = Instant::now();
     loop {
-        if let Ok(b) = state.stream.backlog().await {
-            state.backlog.store(b.length, Ordering::Relaxed);
-            state
-                .metrics
-                .stream_length
-                .set(i64::try_from(b.length).unwrap_or(i64::MAX));
-            state
-                .metrics
-                .stream_pending
-                .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+        match state.stream.backlog().await {
+            Ok(b) => {
+                state.backlog.store(b.length, Ordering::Relaxed);
+                state
+                    .metrics
+                    .stream_length
+                    .set(i64::try_from(b.length).unwrap_or(i64::MAX));
+                state
+                    .metrics
+                    .stream_pending
+                    .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+            }
+            Err(err) if queue::is_nogroup(&err) => {
+                if let Ok(true) = state.stream.ensure_group().await {
+                    state.metrics.group_recreated.inc();
+                    tracing::error!(
+                        stream = state.stream.key(),
+                        "the consumer group was missing (Redis lost its data?); created it again"
+                    );
+                }
+            }
+            Err(_) => {}
         }
         if Instant::now() >= next_prune {
-            next_prune = Instant::now() + Duration::from_secs(600);
-            match state.store.prune_consumed(retention).await {
-                Ok(0) | Err(_) => {}
-                Ok(n) => tracing::info!(pruned = n, "forgot old consumed entries"),
-            }
+            next_prune = Instant::now() + PRUNE_EVERY;
+            prune(&state, amqp_retention).await;
         }
         tokio::select! {
             () = tokio::time::sleep(BACKLOG_EVERY) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Forgets consumed stream entries that cannot be delivered again (older than anything still in
+/// the stream) and AMQP message ids older than the retention.
+pub async fn prune(state: &ApiState, amqp_retention: Duration) {
+    let bound = match state.stream.deliverable_from().await {
+        Ok(bound) => bound,
+        Err(err) => {
+            tracing::debug!(error = %err, "reading the stream's first entry failed; not pruning");
+            return;
+        }
+    };
+    match state.store.prune_consumed(bound, amqp_retention).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => tracing::info!(pruned = n, "forgot consumed entries that cannot come back"),
     }
 }

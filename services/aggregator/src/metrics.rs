@@ -18,6 +18,12 @@ pub struct AggregatorMetrics {
     pub duplicates: IntCounter,
     /// Queue entries that could not be stored and went to the dead-letter stream or queue.
     pub dead_lettered: IntCounter,
+    /// Attempts to dead-letter an entry that failed (the entry stays pending and is retried).
+    pub dead_letter_failures: IntCounter,
+    /// Rounds of entries split into single entries after Postgres kept refusing them.
+    pub rounds_split: IntCounter,
+    /// Times the consumer group was found missing (Redis lost its data) and created again.
+    pub group_recreated: IntCounter,
     /// Redeliveries recognised as already stored.
     pub redelivered: IntCounter,
     /// Events per database transaction.
@@ -62,6 +68,18 @@ impl AggregatorMetrics {
             dead_lettered: metrics.counter(
                 "sluice_aggregator_dead_lettered_total",
                 "Queue entries moved to dead letter",
+            )?,
+            dead_letter_failures: metrics.counter(
+                "sluice_aggregator_dead_letter_failures_total",
+                "Attempts to move an entry to the dead-letter stream that failed (the entry stays pending)",
+            )?,
+            rounds_split: metrics.counter(
+                "sluice_aggregator_rounds_split_total",
+                "Rounds split into single entries after Postgres kept refusing them",
+            )?,
+            group_recreated: metrics.counter(
+                "sluice_aggregator_consumer_group_recreated_total",
+                "Times the consumer group was missing (Redis lost its data) and was created again",
             )?,
             redelivered: metrics.counter(
                 "sluice_aggregator_redelivered_entries_total",

@@ -6,21 +6,59 @@
 //! entry whose worker died stays pending: a restarted worker with the same consumer name reads
 //! its own pending entries first, and any worker claims entries idle longer than
 //! `claim_idle_ms` (XAUTOCLAIM). Unlike the seed's list with BLPOP, nothing popped is lost.
+//!
+//! Redis may lose the stream with its group (a restart without persistence, FLUSHALL, an
+//! eviction). `/publish` appends with NOMKSTREAM, so it never creates a stream without the
+//! group: it creates the group (and the stream) first. Workers that read NOGROUP create it too.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use redis::{
-    AsyncCommands, Client, Value,
+    AsyncCommands, Client, RedisError, Script, Value,
     aio::{ConnectionManager, ConnectionManagerConfig},
     streams::{
         StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
     },
 };
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// The field of an entry that holds the batch.
 const FIELD: &str = "b";
+
+/// Moves an entry to the dead-letter stream, then acknowledges and deletes it. A script, not
+/// MULTI: in a MULTI, XACK and XDEL would still run after a failed XADD (e.g. WRONGTYPE), and
+/// the entry would be gone from both streams; a script stops at the first error.
+/// KEYS: stream, dead-letter stream. ARGV: group, entry id, reason, batch bytes.
+const DEAD_LETTER_SCRIPT: &str = r"
+redis.call('XADD', KEYS[2], '*', 'entry_id', ARGV[2], 'reason', ARGV[3], 'b', ARGV[4])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Whether Redis answered that the consumer group (or its stream) does not exist.
+pub fn is_nogroup(err: &Error) -> bool {
+    matches!(err, Error::Redis(e) if e.code() == Some("NOGROUP"))
+}
+
+/// A stream entry id `<ms>-<seq>`, comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// Parses `<ms>-<seq>`; `None` for anything else (e.g. `amqp:…` ids).
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
 
 /// One stream entry: its id and its batch bytes (`None` if the entry has no batch field).
 #[derive(Debug, Clone)]
@@ -86,22 +124,84 @@ impl Stream {
         }
     }
 
-    /// Creates the consumer group (and the stream) unless it exists.
-    pub async fn ensure_group(&self) -> Result<()> {
+    /// Creates the consumer group (and the stream) unless it exists; true if it created it.
+    ///
+    /// The group reads from the start of the stream, so entries appended after Redis lost the
+    /// group and before it was created again are consumed too.
+    pub async fn ensure_group(&self) -> Result<bool> {
         let mut conn = self.conn.clone();
         let created: redis::RedisResult<()> = conn
             .xgroup_create_mkstream(&self.key, &self.group, "0")
             .await;
         match created {
-            Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-            other => Ok(other?),
+            Err(err) if err.code() == Some("BUSYGROUP") => Ok(false),
+            Err(err) => Err(err.into()),
+            Ok(()) => Ok(true),
         }
     }
 
-    /// Appends a batch; returns its entry id once Redis has it.
-    pub async fn append(&self, batch: &[u8]) -> Result<String> {
+    /// Appends a batch; returns its entry id once Redis has it, and whether the consumer group
+    /// had to be created again first (the stream was gone).
+    pub async fn append(&self, batch: &[u8]) -> Result<(String, bool)> {
         let mut conn = self.conn.clone();
-        Ok(conn.xadd(&self.key, "*", &[(FIELD, batch)]).await?)
+        let (mut tried, mut recreated) = (false, false);
+        loop {
+            let id: Option<String> = redis::cmd("XADD")
+                .arg(&self.key)
+                .arg("NOMKSTREAM")
+                .arg("*")
+                .arg(FIELD)
+                .arg(batch)
+                .query_async(&mut conn)
+                .await?;
+            match id {
+                Some(id) => return Ok((id, recreated)),
+                // No stream: Redis lost it. Create it with its group, then append.
+                None if !tried => {
+                    tried = true;
+                    recreated = self.ensure_group().await?;
+                }
+                None => {
+                    return Err(Error::Redis(RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the stream vanished again right after its group was created",
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// The id below which no entry can be delivered any more: the first entry still in the
+    /// stream (every pending entry is still in it, as entries are deleted only when
+    /// acknowledged), or, for an empty stream, the millisecond after the last id it generated.
+    /// `None` if the stream does not exist.
+    pub async fn deliverable_from(&self) -> Result<Option<EntryId>> {
+        let mut conn = self.conn.clone();
+        let info: redis::RedisResult<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.key)
+            .query_async(&mut conn)
+            .await;
+        let info = match info {
+            Ok(info) => info,
+            // "ERR no such key"
+            Err(err) if err.code() == Some("ERR") => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(Value::Array(first)) = info.get("first-entry")
+            && let Some(id) = first.first()
+        {
+            let id: String = redis::from_redis_value_ref(id).map_err(RedisError::from)?;
+            return Ok(EntryId::parse(&id));
+        }
+        let last: String = match info.get("last-generated-id") {
+            Some(v) => redis::from_redis_value_ref(v).map_err(RedisError::from)?,
+            None => return Ok(None),
+        };
+        Ok(EntryId::parse(&last).map(|id| EntryId {
+            ms: id.ms.saturating_add(1),
+            seq: 0,
+        }))
     }
 
     /// Stream length and pending count.
@@ -124,29 +224,26 @@ impl Stream {
         Ok(Backlog { length, pending })
     }
 
-    /// Moves an entry that cannot be stored to `<key>:dead` with the reason, then removes it.
+    /// Moves an entry that cannot be stored to [`Self::dead_key`] with the reason, then
+    /// acknowledges and removes it — all or, if the move fails, nothing.
     pub async fn dead_letter(&self, entry: &Entry, reason: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let payload = entry.payload.clone().unwrap_or_default();
-        let _: () = redis::pipe()
-            .atomic()
-            .xadd(
-                format!("{}:dead", self.key),
-                "*",
-                &[
-                    ("entry_id", entry.id.as_bytes()),
-                    ("reason", reason.as_bytes()),
-                    (FIELD, &payload),
-                ],
-            )
-            .ignore()
-            .xack(&self.key, &self.group, &[&entry.id])
-            .ignore()
-            .xdel(&self.key, &[&entry.id])
-            .ignore()
-            .query_async(&mut conn)
+        let payload = entry.payload.as_deref().unwrap_or_default();
+        let _: i64 = Script::new(DEAD_LETTER_SCRIPT)
+            .key(&self.key)
+            .key(self.dead_key())
+            .arg(&self.group)
+            .arg(&entry.id)
+            .arg(reason)
+            .arg(payload)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// The dead-letter stream: entries that cannot be stored, with the reason.
+    pub fn dead_key(&self) -> String {
+        format!("{}:dead", self.key)
     }
 
     /// PING, for `/health`.
@@ -171,6 +268,9 @@ pub struct Consumer {
     block: Duration,
     claim_idle: Duration,
     claim_cursor: String,
+    /// Where the next read of this consumer's own pending entries starts: past the last one
+    /// read, so an entry that stays pending (its dead-lettering failed) is not read forever.
+    pending_cursor: String,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -198,6 +298,7 @@ impl Consumer {
             block,
             claim_idle,
             claim_cursor: "0-0".into(),
+            pending_cursor: "0-0".into(),
         }
     }
 
@@ -208,7 +309,12 @@ impl Consumer {
     /// Entries delivered to this consumer name before and never acknowledged (a previous run
     /// of this process that died), oldest first.
     pub async fn own_pending(&mut self) -> Result<Vec<Entry>> {
-        self.read("0", None).await
+        let cursor = self.pending_cursor.clone();
+        let entries = self.read(&cursor, None).await?;
+        if let Some(last) = entries.last() {
+            self.pending_cursor = last.id.clone();
+        }
+        Ok(entries)
     }
 
     /// New entries, waiting up to the block time for some.
@@ -252,6 +358,43 @@ impl Consumer {
             .await?;
         self.claim_cursor = reply.next_stream_id;
         Ok(reply.claimed.into_iter().map(Entry::from).collect())
+    }
+
+    /// How often each entry was delivered (1 = once). An entry no longer pending counts 0.
+    pub async fn deliveries(&mut self, ids: &[String]) -> Result<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XPENDING")
+                .arg(&self.stream.key)
+                .arg(&self.stream.group)
+                .arg(id)
+                .arg(id)
+                .arg(1);
+        }
+        let replies: Vec<Vec<(String, String, u64, u64)>> =
+            pipe.query_async(&mut self.conn).await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.first().map_or(0, |(_, _, _, count)| *count))
+            .collect())
+    }
+
+    /// Resets the idle time of entries this consumer is still working on (XCLAIM JUSTID, which
+    /// does not count a delivery), so peers do not claim them while it waits out an outage.
+    pub async fn keep_alive(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(&self.stream.key)
+            .arg(&self.stream.group)
+            .arg(&self.name)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
     }
 
     /// Acknowledges and deletes stored entries in one MULTI.

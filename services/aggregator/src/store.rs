@@ -27,7 +27,7 @@ use sqlx::{
     types::Json,
 };
 
-use crate::{Error, Result};
+use crate::{Error, Result, queue::EntryId};
 
 /// Events read from one queue entry.
 #[derive(Debug, Clone)]
@@ -234,14 +234,42 @@ impl Store {
         Ok(rows)
     }
 
-    /// Forgets consumed entries older than `age`; returns how many.
-    pub async fn prune_consumed(&self, age: Duration) -> Result<u64> {
-        let result =
-            sqlx::query("DELETE FROM consumed_entries WHERE consumed_at < now() - $1::interval")
-                .bind(format!("{} seconds", age.as_secs()))
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected())
+    /// Forgets consumed entries that cannot be delivered again; returns how many.
+    ///
+    /// A stream entry can come back as long as it is in the stream (pending entries stay in it
+    /// until acknowledged), however long ago it was consumed: only ids below `deliverable_from`
+    /// (the stream's first entry, from [`crate::queue::Stream::deliverable_from`]) are
+    /// forgotten, and none when the stream's state is unknown. AMQP message ids (`amqp:…`) can
+    /// be sent again by a producer at any time; they are kept for `amqp_retention`.
+    pub async fn prune_consumed(
+        &self,
+        deliverable_from: Option<EntryId>,
+        amqp_retention: Duration,
+    ) -> Result<u64> {
+        let mut pruned = 0;
+        if let Some(bound) = deliverable_from {
+            // Whole milliseconds below the bound's: ids of the bound's own millisecond stay
+            // (a few rows), which keeps the comparison a simple one on the first part.
+            let ms = i64::try_from(bound.ms).unwrap_or(i64::MAX);
+            pruned += sqlx::query(
+                "DELETE FROM consumed_entries
+                 WHERE entry_id ~ '^[0-9]{1,18}-[0-9]+$'
+                   AND split_part(entry_id, '-', 1)::bigint < $1",
+            )
+            .bind(ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        pruned += sqlx::query(
+            "DELETE FROM consumed_entries
+             WHERE entry_id LIKE 'amqp:%' AND consumed_at < now() - $1::interval",
+        )
+        .bind(format!("{} seconds", amqp_retention.as_secs()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(pruned)
     }
 
     /// `SELECT 1`, for `/health`.

@@ -1,8 +1,18 @@
 //! A worker: reads entries from the stream, stores their events, then acknowledges them.
 //!
 //! Storing happens before acknowledging, so a crash in between redelivers the entry; the store
-//! recognises it (see [`crate::store`]) and neither stores nor counts it again. While Postgres
-//! is down the worker retries with capped, jittered backoff and the entries wait in Redis.
+//! recognises it (see [`crate::store`]) and neither stores nor counts it again. An entry is
+//! acknowledged only once it is stored or moved to the dead-letter stream, never otherwise.
+//!
+//! What a failed write leads to depends on why it failed ([`WriteFailure`]):
+//! - Postgres unreachable: retry with capped, jittered backoff for as long as it takes; the
+//!   entries wait in Redis, and the worker keeps them claimed so peers do not take them over.
+//! - Postgres refused the data: the round is stored entry by entry and the refused entries are
+//!   dead-lettered with the reason.
+//! - Postgres failed the statement otherwise (a statement timeout on a huge round, a trigger):
+//!   a few retries, then the same split; an entry that still fails alone is dead-lettered.
+//!   An entry delivered more than [`SPLIT_AFTER_DELIVERIES`] times (workers died holding it) is
+//!   treated the same way from the start, so one poison entry cannot stall every replica.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,14 +22,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Result,
+    Error, Result,
+    error::WriteFailure,
     metrics::AggregatorMetrics,
-    queue::{Consumer, Entry},
+    queue::{self, Consumer, Entry},
     store::{QueuedBatch, Store, WriteOutcome},
 };
 
 /// How often a worker looks for entries abandoned by dead consumers.
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
+/// Statement failures of a whole round before it is split into single entries.
+const ROUND_ATTEMPTS: u32 = 3;
+/// Statement failures of a single entry before it is dead-lettered.
+const ENTRY_ATTEMPTS: u32 = 3;
+/// Deliveries of an entry after which its round is split at once.
+pub const SPLIT_AFTER_DELIVERIES: u64 = 3;
 
 /// Everything a worker needs.
 #[derive(Debug)]
@@ -29,6 +46,24 @@ pub struct Worker {
     pub metrics: AggregatorMetrics,
     /// Which counter row this worker adds to.
     pub shard: i32,
+    /// Entries idle this long may be claimed by peers; the worker refreshes its own sooner.
+    pub claim_idle: Duration,
+}
+
+/// How a round of entries came to this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    First,
+    /// Read again (own pending entries after a restart, or claimed from a dead peer).
+    Again,
+}
+
+/// The end of an attempt to write some entries.
+enum Attempt {
+    Written(WriteOutcome),
+    /// Refused for good (or after the allowed statement failures), with the last error.
+    Refused(Error),
+    Cancelled,
 }
 
 impl Worker {
@@ -39,17 +74,16 @@ impl Worker {
         let mut own_pending_done = false;
         let mut next_claim = Instant::now();
         while !shutdown.is_cancelled() {
-            let read = if !own_pending_done {
-                self.consumer
-                    .own_pending()
-                    .await
-                    .inspect(|e| own_pending_done = e.is_empty())
+            let (read, delivery) = if !own_pending_done {
+                let read = self.consumer.own_pending().await;
+                own_pending_done = read.as_ref().is_ok_and(Vec::is_empty);
+                (read, Delivery::Again)
             } else if Instant::now() >= next_claim {
                 next_claim = Instant::now() + CLAIM_EVERY;
-                self.consumer.claim_stale().await
+                (self.consumer.claim_stale().await, Delivery::Again)
             } else {
                 tokio::select! {
-                    read = self.consumer.next_new() => read,
+                    read = self.consumer.next_new() => (read, Delivery::First),
                     () = shutdown.cancelled() => break,
                 }
             };
@@ -59,6 +93,9 @@ impl Worker {
                     entries
                 }
                 Err(err) => {
+                    if queue::is_nogroup(&err) {
+                        self.recreate_group().await;
+                    }
                     let delay = reader_backoff.next().unwrap_or(Duration::from_secs(2));
                     tracing::warn!(error = %err, ?delay, "reading the stream failed; retrying");
                     sleep_or_cancel(delay, &shutdown).await;
@@ -66,126 +103,205 @@ impl Worker {
                 }
             };
             if !entries.is_empty() {
-                self.handle(entries, &shutdown).await;
+                self.handle(entries, delivery, &shutdown).await;
             }
         }
         tracing::info!(consumer = self.consumer.name(), "worker stopped");
     }
 
-    async fn handle(&mut self, entries: Vec<Entry>, shutdown: &CancellationToken) {
+    /// Redis lost the stream and its group (restart without persistence, FLUSHALL, eviction):
+    /// create them again so the workers read what `/publish` appends from now on.
+    async fn recreate_group(&mut self) {
+        match self.consumer.stream().ensure_group().await {
+            Ok(created) => {
+                if created {
+                    self.metrics.group_recreated.inc();
+                }
+                tracing::error!(
+                    stream = self.consumer.stream().key(),
+                    "the consumer group was missing (Redis lost its data?); created it again"
+                );
+            }
+            Err(err) => tracing::warn!(error = %err, "creating the consumer group failed"),
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        entries: Vec<Entry>,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) {
         let mut batches = Vec::with_capacity(entries.len());
-        let mut ids = Vec::with_capacity(entries.len());
         for entry in entries {
             match decode(&entry) {
-                Ok(events) => {
-                    ids.push(entry.id.clone());
-                    batches.push(QueuedBatch {
-                        entry_id: entry.id,
-                        events,
-                    });
-                }
-                Err(reason) => self.dead_letter(&entry, &reason).await,
+                Ok(events) => batches.push(QueuedBatch {
+                    entry_id: entry.id,
+                    events,
+                }),
+                Err(reason) => self.dead_letter(&entry.id, entry.payload, &reason).await,
             }
         }
         if batches.is_empty() {
             return;
         }
-        let Some(outcome) = self.store_until_done(&batches, shutdown).await else {
-            return; // shutting down: the entries stay pending and come back to us or a peer
+        let split = delivery == Delivery::Again && self.delivered_often(&batches).await;
+        let stored = if split {
+            self.store_one_by_one(&batches, shutdown).await
+        } else {
+            match self.write(&batches, ROUND_ATTEMPTS, shutdown).await {
+                Attempt::Written(outcome) => {
+                    self.record(&outcome, batches.len());
+                    batches.iter().map(|b| b.entry_id.clone()).collect()
+                }
+                Attempt::Refused(err) => {
+                    tracing::error!(error = %err, entries = batches.len(), "Postgres keeps refusing the round; storing its entries one by one");
+                    self.metrics.rounds_split.inc();
+                    self.store_one_by_one(&batches, shutdown).await
+                }
+                // Shutting down: the entries stay pending and come back to us or a peer.
+                Attempt::Cancelled => return,
+            }
         };
-        self.record(&outcome, batches.len());
+        self.ack(&stored).await;
+    }
+
+    /// Whether any entry of the round was delivered more than [`SPLIT_AFTER_DELIVERIES`] times.
+    async fn delivered_often(&mut self, batches: &[QueuedBatch]) -> bool {
+        let ids: Vec<String> = batches.iter().map(|b| b.entry_id.clone()).collect();
+        match self.consumer.deliveries(&ids).await {
+            Ok(counts) => {
+                let most = counts.into_iter().max().unwrap_or(0);
+                if most > SPLIT_AFTER_DELIVERIES {
+                    tracing::warn!(
+                        deliveries = most,
+                        "an entry of this round was delivered again and again; storing entry by entry"
+                    );
+                }
+                most > SPLIT_AFTER_DELIVERIES
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "reading delivery counts failed");
+                false
+            }
+        }
+    }
+
+    /// Stores the entries that can be stored and dead-letters the rest; returns the ids of
+    /// those stored (dead-lettered ones are acknowledged by the dead-letter move itself).
+    async fn store_one_by_one(
+        &mut self,
+        batches: &[QueuedBatch],
+        shutdown: &CancellationToken,
+    ) -> Vec<String> {
+        let mut stored = Vec::with_capacity(batches.len());
+        for batch in batches {
+            match self
+                .write(std::slice::from_ref(batch), ENTRY_ATTEMPTS, shutdown)
+                .await
+            {
+                Attempt::Written(outcome) => {
+                    self.record(&outcome, 1);
+                    stored.push(batch.entry_id.clone());
+                }
+                Attempt::Refused(err) => {
+                    let payload = BatchMessage::new(batch.events.clone(), None)
+                        .to_bytes()
+                        .ok();
+                    self.dead_letter(&batch.entry_id, payload, &err.reason())
+                        .await;
+                }
+                Attempt::Cancelled => break,
+            }
+        }
+        stored
+    }
+
+    /// Writes `batches` in one transaction: retries outages until shutdown, gives up after
+    /// `attempts` statement failures or at once when the data is refused.
+    async fn write(
+        &mut self,
+        batches: &[QueuedBatch],
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Attempt {
+        let ids: Vec<String> = batches.iter().map(|b| b.entry_id.clone()).collect();
+        let mut backoff = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5))
+            .with_jitter(Jitter::Full)
+            .delays();
+        let mut failures = 0;
+        let mut claimed_at = Instant::now();
+        loop {
+            let started = Instant::now();
+            let err = match self.store.write(self.shard, batches).await {
+                Ok(outcome) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Attempt::Written(outcome);
+                }
+                Err(err) => err,
+            };
+            match err.write_failure() {
+                WriteFailure::Refused => return Attempt::Refused(err),
+                WriteFailure::Statement => {
+                    failures += 1;
+                    if failures >= attempts {
+                        return Attempt::Refused(err);
+                    }
+                    tracing::warn!(error = %err, failures, "Postgres failed the statement; retrying");
+                }
+                WriteFailure::Outage => tracing::warn!(error = %err, "storing failed; retrying"),
+            }
+            if shutdown.is_cancelled() {
+                return Attempt::Cancelled;
+            }
+            // Still working on these: keep peers from claiming them while we wait.
+            if claimed_at.elapsed() >= self.claim_idle / 2 {
+                claimed_at = Instant::now();
+                if let Err(err) = self.consumer.keep_alive(&ids).await {
+                    tracing::debug!(error = %err, "refreshing the claim on our entries failed");
+                }
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+            sleep_or_cancel(delay, shutdown).await;
+        }
+    }
+
+    /// Acknowledges stored entries. If that keeps failing they are redelivered later and the
+    /// store recognises them, so nothing is counted twice.
+    async fn ack(&mut self, ids: &[String]) {
         let mut backoff = redis_backoff().with_max_attempts(5).delays();
         loop {
-            match self.consumer.ack(&ids).await {
-                Ok(()) => break,
+            match self.consumer.ack(ids).await {
+                Ok(()) => return,
                 Err(err) => match backoff.next() {
                     Some(delay) => {
                         tracing::warn!(error = %err, "acknowledging failed; retrying");
                         tokio::time::sleep(delay).await;
                     }
-                    // Stored already: a later redelivery is recognised and not counted twice.
                     None => {
                         tracing::warn!(error = %err, "giving up acknowledging; entries will be redelivered");
-                        break;
+                        return;
                     }
                 },
             }
         }
     }
 
-    /// Writes until it succeeds; `None` if shutdown came first.
-    async fn store_until_done(
-        &mut self,
-        batches: &[QueuedBatch],
-        shutdown: &CancellationToken,
-    ) -> Option<WriteOutcome> {
-        let mut backoff = Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5))
-            .with_jitter(Jitter::Full)
-            .delays();
-        loop {
-            let started = Instant::now();
-            match self.store.write(self.shard, batches).await {
-                Ok(outcome) => {
-                    self.metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    return Some(outcome);
-                }
-                Err(err) if err.is_permanent() => {
-                    tracing::error!(error = %err, "Postgres refused the batch; dead-lettering its entries one by one");
-                    return self.store_one_by_one(batches).await;
-                }
-                Err(err) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %err, ?delay, "storing failed; retrying");
-                    if shutdown.is_cancelled() {
-                        return None;
-                    }
-                    sleep_or_cancel(delay, shutdown).await;
-                }
-            }
-        }
-    }
-
-    /// After a permanent error: stores the entries that can be stored, dead-letters the rest.
-    async fn store_one_by_one(&mut self, batches: &[QueuedBatch]) -> Option<WriteOutcome> {
-        let mut total = WriteOutcome::default();
-        for batch in batches {
-            match self
-                .store
-                .write(self.shard, std::slice::from_ref(batch))
-                .await
-            {
-                Ok(o) => {
-                    total.fresh_entries += o.fresh_entries;
-                    total.received += o.received;
-                    total.unique += o.unique;
-                    total.duplicates += o.duplicates;
-                }
-                Err(err) if err.is_permanent() => {
-                    let entry = Entry {
-                        id: batch.entry_id.clone(),
-                        payload: BatchMessage::new(batch.events.clone(), None)
-                            .to_bytes()
-                            .ok(),
-                    };
-                    self.dead_letter(&entry, &err.to_string()).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "storing failed; the entries stay pending");
-                    return None;
-                }
-            }
-        }
-        Some(total)
-    }
-
-    async fn dead_letter(&mut self, entry: &Entry, reason: &str) {
-        tracing::error!(entry_id = %entry.id, %reason, "queue entry cannot be stored; moved to the dead-letter stream");
-        match self.consumer.stream().dead_letter(entry, reason).await {
+    /// Moves an entry to the dead-letter stream. If that fails the entry stays pending (it is
+    /// not acknowledged) and comes back through a claim.
+    async fn dead_letter(&mut self, entry_id: &str, payload: Option<Vec<u8>>, reason: &str) {
+        tracing::error!(%entry_id, %reason, "queue entry cannot be stored; moving it to the dead-letter stream");
+        let entry = Entry {
+            id: entry_id.to_owned(),
+            payload,
+        };
+        match self.consumer.stream().dead_letter(&entry, reason).await {
             Ok(()) => self.metrics.dead_lettered.inc(),
             Err(err) => {
-                tracing::error!(error = %err, entry_id = %entry.id, "dead-lettering failed; the entry stays pending")
+                self.metrics.dead_letter_failures.inc();
+                tracing::error!(error = %err, %entry_id, "dead-lettering failed; the entry stays pending");
             }
         }
     }

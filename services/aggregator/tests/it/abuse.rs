@@ -8,7 +8,8 @@ use crate::support::{TestApp, event};
 #[tokio::test]
 async fn a_client_over_its_rate_gets_429_with_retry_after() -> anyhow::Result<()> {
     let app = TestApp::start_with(|c| {
-        c.rate_limit_per_client = 1.0;
+        // Slow enough that three requests never span one refill, however loaded the machine.
+        c.rate_limit_per_client = 0.1;
         c.rate_limit_burst = 2;
     })
     .await?;
@@ -21,7 +22,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() -> anyhow::Result<()
         .get("retry-after")
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .expect("Retry-After");
-    assert!((1..=2).contains(&wait), "{wait}");
+    assert!((1..=10).contains(&wait), "{wait}");
     assert_eq!(r.json::<Value>().await?["error"], "rate_limited");
     app.stop().await
 }

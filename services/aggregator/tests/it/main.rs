@@ -7,4 +7,7 @@ mod api;
 mod crash;
 mod dedup;
 mod faults;
+mod poison;
+mod redelivery;
+mod redis_loss;
 mod support;

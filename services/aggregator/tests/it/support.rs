@@ -32,7 +32,7 @@ fn uuid_suffix() -> String {
 pub(crate) struct TestApp {
     pub(crate) db: TestDatabase,
     /// Owns the stream's key prefix (deleted on drop).
-    _redis: TestRedis,
+    pub(crate) redis: TestRedis,
     pub(crate) base: String,
     pub(crate) http: reqwest::Client,
     app: Option<InProcess<sluice_aggregator::Result<()>>>,
@@ -48,16 +48,51 @@ impl TestApp {
         let (db, redis) = tokio::try_join!(TestDatabase::create(), TestRedis::create())?;
         let mut cfg = config(db.url(), redis.url(), &redis.key("events"));
         adjust(&mut cfg);
+        Self::start_on(db, redis, cfg).await
+    }
+
+    /// Starts on a database and Redis prefix the test prepared, with `cfg`.
+    pub(crate) async fn start_on(
+        db: TestDatabase,
+        redis: TestRedis,
+        cfg: Config,
+    ) -> anyhow::Result<Self> {
         let app = App::build(cfg).await?;
         let base = format!("http://{}", app.local_addr());
         let app = InProcess::spawn(|token| app.run(token));
         Ok(Self {
             db,
-            _redis: redis,
+            redis,
             base,
             http: reqwest::Client::new(),
             app: Some(app),
         })
+    }
+
+    /// The stream's key.
+    pub(crate) fn stream_key(&self) -> String {
+        self.redis.key("events")
+    }
+
+    /// Entries in the stream, of those pending, and entries in the dead-letter stream.
+    pub(crate) async fn queue_counts(&self) -> anyhow::Result<QueueCounts> {
+        queue_counts(&self.redis, &self.stream_key()).await
+    }
+
+    /// The value of a counter or gauge on `/metrics` (0 if absent).
+    pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -91,6 +126,51 @@ impl TestApp {
         }
         Ok(())
     }
+}
+
+/// What is in the stream, pending and dead-lettered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct QueueCounts {
+    pub(crate) length: u64,
+    pub(crate) pending: u64,
+    pub(crate) dead: u64,
+}
+
+pub(crate) async fn queue_counts(redis: &TestRedis, stream: &str) -> anyhow::Result<QueueCounts> {
+    let mut conn = redis.conn();
+    let length: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await?;
+    let dead: u64 = redis::cmd("XLEN")
+        .arg(format!("{stream}:dead"))
+        .query_async(&mut conn)
+        .await?;
+    let pending: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
+        redis::cmd("XPENDING")
+            .arg(stream)
+            .arg("aggregator")
+            .query_async(&mut conn)
+            .await;
+    Ok(QueueCounts {
+        length,
+        pending: pending.map_or(0, |p| p.0),
+        dead,
+    })
+}
+
+/// Polls the queue until its counts are `expected`.
+pub(crate) async fn eventually_counts(
+    redis: &TestRedis,
+    stream: &str,
+    expected: QueueCounts,
+) -> anyhow::Result<()> {
+    eventually(
+        &format!("queue counts {expected:?}"),
+        Duration::from_secs(30),
+        || async { (queue_counts(redis, stream).await.ok()? == expected).then_some(()) },
+    )
+    .await
 }
 
 /// Polls `<base>/stats` until `received` reaches the figure; returns the stats.
