@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use crate::sink::HttpFailure;
+
 /// Everything that can fail in the producer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,11 +19,11 @@ pub enum Error {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("Kafka: {0}")]
-    Kafka(String),
+    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("HTTP sink: {0}")]
-    Http(String),
+    Http(#[source] HttpFailure),
     #[error("the aggregator refused the batch: {0}")]
-    HttpRejected(String),
+    HttpRejected(#[source] HttpFailure),
     #[error("I/O: {0}")]
     Io(String),
     #[error("checkpoint: {0}")]
@@ -32,8 +34,22 @@ pub enum Error {
     BreakerOpen(String),
     #[error("dead-lettering failed: {0}")]
     DeadLetter(String),
+    #[error(
+        "the broker returned `{id}` as unroutable from exchange `{exchange}` ({reason}): no queue is bound to take it"
+    )]
+    Unroutable {
+        exchange: String,
+        id: String,
+        reason: String,
+    },
+    #[error("the broker did not confirm `{0}`: publisher confirms are off on the channel")]
+    NotConfirmed(String),
+    #[error("stopped before the batch was confirmed")]
+    Stopped,
     #[error("not connected to the broker")]
     NotConnected,
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("transform state: {0}")]
     Transform(#[from] serde_json::Error),
 }
@@ -42,6 +58,17 @@ impl Error {
     /// True when sending the same batch again cannot succeed.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::HttpRejected(_) | Self::Config { .. })
+    }
+}
+
+impl Error {
+    /// How long the sink asked to be left alone before the batch is sent again (HTTP
+    /// `Retry-After`, already capped): a wait the retry budget could not cover still applies.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Http(HttpFailure::Status { retry_after, .. }) => *retry_after,
+            _ => None,
+        }
     }
 }
 

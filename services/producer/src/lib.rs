@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod deliver;
 pub mod error;
 pub mod metrics;
 pub mod record;
@@ -35,13 +36,13 @@ use std::{
 
 use mongodb::bson::Document;
 use sluice_core::{health::Health, http::HttpServer, telemetry::Metrics};
-use sluice_resilience::{Backoff, Jitter};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::error::{Error, Result};
 use crate::{
     checkpoint::{Checkpoint, CheckpointStore, Status},
     config::{Progress, RunArgs, SinkKind, SourceKind},
+    deliver::deliver,
     metrics::ProducerMetrics,
     sink::{
         DeadLetterFile, HttpSink, KafkaSink, RabbitSink, RedisSink, Sink, rabbitmq::RabbitConfig,
@@ -106,7 +107,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         &args.scale_minmax,
         saved.as_ref().and_then(|c| c.scaler.clone()),
     )?;
-    let mut sink = connect_sink(&args, &pm).await?;
+    let mut sink = connect_sink(&args, &pm, &shutdown).await?;
 
     let sink_ok = Arc::new(AtomicBool::new(true));
     let health = {
@@ -220,40 +221,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
     Ok(summary)
 }
 
-/// Sends until the sink confirms; `None` if shutdown came first. An error the sink calls
-/// permanent (the destination refuses the batch as such) ends the run instead of looping.
-async fn deliver(
-    sink: &mut Sink,
-    batch: &[record::Record],
-    pm: &ProducerMetrics,
-    shutdown: &CancellationToken,
-) -> Result<Option<sink::Delivered>> {
-    let mut backoff = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
-        .with_jitter(Jitter::Full)
-        .delays();
-    loop {
-        match sink.send(batch).await {
-            Ok(delivered) => {
-                pm.published.inc_by(delivered.sent);
-                pm.dead_lettered.inc_by(delivered.dead_lettered);
-                pm.connection_state.set(1);
-                return Ok(Some(delivered));
-            }
-            Err(err) if err.is_permanent() => return Err(err),
-            Err(err) => {
-                pm.batch_failures.inc();
-                pm.connection_state.set(0);
-                let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(error = %err, ?delay, "delivering a batch failed; sending it again");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => return Ok(None),
-                }
-            }
-        }
-    }
-}
-
 async fn checkpoint_store(args: &RunArgs) -> Result<(CheckpointStore, Option<mongodb::Database>)> {
     if args.source == SourceKind::Mongo {
         let client = mongodb::Client::with_uri_str(&args.mongo_url)
@@ -277,7 +244,11 @@ async fn checkpoint_store(args: &RunArgs) -> Result<(CheckpointStore, Option<mon
     ))
 }
 
-async fn connect_sink(args: &RunArgs, pm: &ProducerMetrics) -> Result<Sink> {
+async fn connect_sink(
+    args: &RunArgs,
+    pm: &ProducerMetrics,
+    shutdown: &CancellationToken,
+) -> Result<Sink> {
     let dead = DeadLetterFile::new(args.dead_letter_file.clone());
     Ok(match args.sink {
         SinkKind::Rabbitmq => Sink::Rabbit(Box::new(RabbitSink::new(
@@ -291,11 +262,12 @@ async fn connect_sink(args: &RunArgs, pm: &ProducerMetrics) -> Result<Sink> {
                 max_message_bytes: args.max_message_bytes,
             },
             pm.clone(),
+            shutdown.clone(),
         ))),
         SinkKind::Redis => {
             Sink::Redis(RedisSink::connect(&args.redis_url, &args.stream_key, dead).await?)
         }
-        SinkKind::Http => Sink::Http(HttpSink::new(&args.http_url, dead)?),
+        SinkKind::Http => Sink::Http(HttpSink::new(&args.http_url, dead, shutdown.clone())?),
         SinkKind::Kafka => Sink::Kafka(KafkaSink::new(
             &args.kafka_brokers,
             &args.kafka_topic_prefix,

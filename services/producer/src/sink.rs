@@ -9,7 +9,7 @@ mod redis;
 
 use std::path::PathBuf;
 
-pub use http::HttpSink;
+pub use http::{HttpFailure, HttpSink};
 pub use kafka::KafkaSink;
 pub use rabbitmq::RabbitSink;
 pub use redis::RedisSink;

@@ -1,12 +1,18 @@
 //! Kafka: an idempotent producer with `acks=all`; a batch is confirmed when every record's
 //! delivery report says so. Records carry their topic (the retail scenario's three topics) or
 //! go to the default one; the key is a field of the record, chosen by config.
+//!
+//! A record Kafka refuses for what it is (larger than librdkafka's `message.max.bytes`, a topic
+//! name no broker accepts) is a poison record: sending the batch again would fail on it again,
+//! for ever. Such refusals are told apart by librdkafka's error code, never by message text,
+//! and dead-lettered with the reason; every other failure fails the batch, which is sent again.
 
 use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::{
     ClientConfig,
+    error::{KafkaError, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
 };
 use serde_json::Value;
@@ -46,8 +52,7 @@ impl KafkaSink {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "5")
-            .create()
-            .map_err(|e| Error::Kafka(e.to_string()))?;
+            .create()?;
         Ok(Self {
             producer,
             topic_prefix: topic_prefix.to_owned(),
@@ -92,12 +97,25 @@ impl KafkaSink {
                 }
                 self.producer.send(message, Duration::from_secs(30))
             });
-        for result in join_all(sends).await {
-            result.map_err(|(e, _)| Error::Kafka(format!("delivery failed: {e}")))?;
+        let (mut sent, mut refused, mut failed) = (0, Vec::new(), None);
+        for ((record, _), result) in ok.iter().zip(join_all(sends).await) {
+            match result {
+                Ok(_) => sent += 1,
+                Err((e, _)) if is_refusal(&e) => {
+                    refused.push((*record, format!("Kafka refused the record: {e}")));
+                }
+                Err((e, _)) => failed = Some(e),
+            }
+        }
+        // Written even when the batch fails: the refusals are final, and a batch sent again
+        // writes them again (the dead-letter file is at least once, like the sink).
+        self.dead.write(&refused).await?;
+        if let Some(e) = failed {
+            return Err(Error::Kafka(e));
         }
         Ok(Delivered {
-            sent: ok.len() as u64,
-            dead_lettered: poison.len() as u64,
+            sent,
+            dead_lettered: (poison.len() + refused.len()) as u64,
         })
     }
 
@@ -109,8 +127,45 @@ impl KafkaSink {
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map(|_| ())
         })
-        .await
-        .map_err(|e| Error::Kafka(e.to_string()))?
-        .map_err(|e| Error::Kafka(e.to_string()))
+        .await??;
+        Ok(())
+    }
+}
+
+/// True when Kafka refuses the record itself, so that sending it again cannot succeed.
+fn is_refusal(error: &KafkaError) -> bool {
+    match error {
+        // A topic name with a NUL byte cannot even be handed to librdkafka.
+        KafkaError::Nul(_) => true,
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                // librdkafka's own check of the topic name (e.g. longer than it takes).
+                | RDKafkaErrorCode::InvalidArgument
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_told_by_error_code() {
+        let produce = |code| KafkaError::MessageProduction(code);
+        assert!(is_refusal(&produce(RDKafkaErrorCode::MessageSizeTooLarge)));
+        assert!(is_refusal(&produce(RDKafkaErrorCode::InvalidTopic)));
+        assert!(!is_refusal(&produce(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(!is_refusal(&produce(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_refusal(&produce(RDKafkaErrorCode::NotEnoughReplicas)));
     }
 }

@@ -13,20 +13,32 @@
 //! - A circuit breaker (broker preset) guards publishing; an exchange health check runs
 //!   periodically; metrics as in [`crate::metrics`].
 
+#[cfg(test)]
+mod tests;
+mod topology;
+
 use std::time::{Duration, Instant};
 
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use sluice_resilience::{Backoff, BreakerConfig, CircuitBreaker, Jitter, State};
+use tokio_util::sync::CancellationToken;
 
-use super::{Delivered, serialise};
+use super::{Delivered, Split, serialise};
 use crate::{Error, Result, metrics::ProducerMetrics, record::Record};
+
+/// The longest AMQP short string (message id, routing key), in bytes.
+const SHORT_STRING_MAX: usize = 255;
+
+/// Every publish is mandatory: a message no queue takes comes back (basic.return) instead of
+/// being confirmed and dropped.
+const MANDATORY: BasicPublishOptions = BasicPublishOptions {
+    mandatory: true,
+    immediate: false,
+};
 
 /// Settings of the RabbitMQ sink.
 #[derive(Debug, Clone)]
@@ -48,6 +60,8 @@ pub struct RabbitSink {
     breaker: CircuitBreaker,
     metrics: ProducerMetrics,
     reconnect: sluice_resilience::backoff::Delays,
+    /// Ends the waits (reconnect, breaker, nack retries): a stop during an outage is prompt.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for RabbitSink {
@@ -66,7 +80,11 @@ fn reconnect_backoff() -> sluice_resilience::backoff::Delays {
 }
 
 impl RabbitSink {
-    pub fn new(config: RabbitConfig, metrics: ProducerMetrics) -> Self {
+    pub fn new(
+        config: RabbitConfig,
+        metrics: ProducerMetrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             config,
             batch_latencies: Vec::new(),
@@ -74,6 +92,15 @@ impl RabbitSink {
             breaker: CircuitBreaker::new("rabbitmq-publish", BreakerConfig::broker()),
             metrics,
             reconnect: reconnect_backoff(),
+            shutdown,
+        }
+    }
+
+    /// Waits `delay`, or fails with [`Error::Stopped`] if the run is stopped first.
+    async fn pause(&self, delay: Duration) -> Result<()> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(()),
+            () = self.shutdown.cancelled() => Err(Error::Stopped),
         }
     }
 
@@ -103,87 +130,21 @@ impl RabbitSink {
                 tracing::info!(exchange = %self.config.exchange, queue = %self.config.queue, "connected to RabbitMQ");
                 Ok(ch)
             }
+            Err(err) if err.is_permanent() => Err(err),
             Err(err) => {
                 let delay = self.reconnect.next().unwrap_or(Duration::from_secs(15));
                 tracing::warn!(error = %err, ?delay, "connecting to RabbitMQ failed");
-                tokio::time::sleep(delay).await;
+                self.pause(delay).await?;
                 Err(err)
             }
         }
     }
 
     async fn connect(&self) -> Result<(Connection, Channel)> {
-        let c = &self.config;
-        let conn = Connection::connect(&c.url, ConnectionProperties::default()).await?;
+        let conn = Connection::connect(&self.config.url, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
         let (dlx, dlq) = self.dead_letter_names();
-        ch.exchange_declare(
-            c.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
-        ch.exchange_declare(
-            dlx.as_str().into(),
-            ExchangeKind::Fanout,
-            durable_exchange,
-            FieldTable::default(),
-        )
-        .await?;
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        let mut main_args = args.clone();
-        main_args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(dlx.as_str().into()),
-        );
-        // A queue that exists already (declared by an operator or a consumer such as the
-        // aggregator's ingress) is used as it is: redeclaring it with other arguments would fail.
-        let probe = conn.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let exists = probe
-            .queue_declare(c.queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .is_ok();
-        if exists {
-            let _ = probe.close(200, "probe done".into()).await;
-        } else {
-            ch.queue_declare(c.queue.as_str().into(), durable_queue, main_args)
-                .await?;
-        }
-        ch.queue_bind(
-            c.queue.as_str().into(),
-            c.exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-        ch.queue_declare(dlq.as_str().into(), durable_queue, args)
-            .await?;
-        ch.queue_bind(
-            dlq.as_str().into(),
-            dlx.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        topology::declare(&conn, &ch, &self.config, &dlx, &dlq).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok((conn, ch))
     }
@@ -199,7 +160,7 @@ impl RabbitSink {
             Err(rejected) => {
                 self.metrics.circuit_breaker_open.set(1);
                 let wait = rejected.retry_after().unwrap_or(Duration::from_secs(1));
-                tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                self.pause(wait.min(Duration::from_secs(5))).await?;
                 return Err(Error::BreakerOpen(rejected.to_string()));
             }
         };
@@ -216,7 +177,9 @@ impl RabbitSink {
 
     async fn publish_batch(&mut self, records: &[Record]) -> Result<Delivered> {
         let channel = self.channel().await?;
-        let (ok, poison) = serialise(records, self.config.max_message_bytes);
+        let (ok, mut poison) = serialise(records, self.config.max_message_bytes);
+        let (ok, unfit) = self.fit_short_strings(ok);
+        poison.extend(unfit);
         let mut dead_lettered = 0;
         for (record, reason) in &poison {
             self.dead_letter(&channel, record, &[], reason).await?;
@@ -251,7 +214,10 @@ impl RabbitSink {
                     ?delay,
                     "broker refused records; retrying"
                 );
-                tokio::time::sleep(delay).await;
+                if let Err(stopped) = self.pause(delay).await {
+                    self.metrics.retry_queue_size.set(0);
+                    return Err(stopped);
+                }
             }
         }
         self.metrics.retry_queue_size.set(0);
@@ -267,6 +233,33 @@ impl RabbitSink {
             sent,
             dead_lettered,
         })
+    }
+
+    /// AMQP carries the message id and the routing key as short strings of at most 255 bytes;
+    /// lapin cannot encode a longer one (it asserts in debug builds and corrupts the frame in
+    /// release ones, and the broker then closes the connection for every retry). Such records
+    /// are refused here, with the reason.
+    fn fit_short_strings<'a>(&self, records: Vec<(&'a Record, Vec<u8>)>) -> Split<'a> {
+        let (mut fit, mut unfit) = (Vec::with_capacity(records.len()), Vec::new());
+        for (record, bytes) in records {
+            let key = record.topic.as_deref().unwrap_or(&self.config.routing_key);
+            if record.id.len() > SHORT_STRING_MAX {
+                let reason = format!(
+                    "its message id is {} bytes, over AMQP's {SHORT_STRING_MAX}-byte limit",
+                    record.id.len()
+                );
+                unfit.push((record, reason));
+            } else if key.len() > SHORT_STRING_MAX {
+                let reason = format!(
+                    "its routing key (topic) is {} bytes, over AMQP's {SHORT_STRING_MAX}-byte limit",
+                    key.len()
+                );
+                unfit.push((record, reason));
+            } else {
+                fit.push((record, bytes));
+            }
+        }
+        (fit, unfit)
     }
 
     /// Publishes every record, then waits for each confirm. Returns the nacked ones; a timeout
@@ -288,7 +281,7 @@ impl RabbitSink {
                 .basic_publish(
                     self.config.exchange.as_str().into(),
                     routing_key.into(),
-                    BasicPublishOptions::default(),
+                    MANDATORY,
                     bytes,
                     properties,
                 )
@@ -301,16 +294,23 @@ impl RabbitSink {
                 }
             }
         }
-        let mut nacked = Vec::new();
+        let (mut nacked, mut returned) = (Vec::new(), None);
         for ((record, bytes), confirm) in records.iter().zip(confirms) {
             let remaining = self
                 .config
                 .confirm_timeout
                 .saturating_sub(started.elapsed());
             match tokio::time::timeout(remaining, confirm).await {
-                Ok(Ok(Confirmation::Ack(_))) => {}
-                Ok(Ok(Confirmation::Nack(_))) => nacked.push((*record, bytes.clone())),
-                Ok(Ok(Confirmation::NotRequested)) => {}
+                Ok(Ok(Confirmation::Ack(None))) => {}
+                // Returned as unroutable, then acked: the broker holds it nowhere.
+                Ok(Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)))) => {
+                    returned.get_or_insert((record.id.clone(), r.reply_code, r.reply_text));
+                }
+                Ok(Ok(Confirmation::Nack(None))) => nacked.push((*record, bytes.clone())),
+                Ok(Ok(Confirmation::NotRequested)) => {
+                    self.drop_link();
+                    return Err(Error::NotConfirmed(record.id.clone()));
+                }
                 Ok(Err(err)) => {
                     self.drop_link();
                     return Err(err.into());
@@ -321,6 +321,16 @@ impl RabbitSink {
                     return Err(Error::ConfirmTimeout(self.config.confirm_timeout));
                 }
             }
+        }
+        if let Some((id, code, text)) = returned {
+            // The topology was changed under us (queue deleted or unbound): reconnecting
+            // declares it again, and the batch is sent again.
+            self.drop_link();
+            return Err(Error::Unroutable {
+                exchange: self.config.exchange.clone(),
+                id,
+                reason: format!("{code} {text}"),
+            });
         }
         let latency = started.elapsed();
         self.metrics.confirm_latency.observe(latency.as_secs_f64());
@@ -343,10 +353,17 @@ impl RabbitSink {
             "x-sluice-reason".into(),
             AMQPValue::LongString(reason.into()),
         );
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(ShortString::from(record.id.as_str()))
-            .with_headers(headers);
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if record.id.len() <= SHORT_STRING_MAX {
+            properties = properties.with_message_id(ShortString::from(record.id.as_str()));
+        } else {
+            // Too long for a message id: the id travels whole in a header instead of cut.
+            headers.insert(
+                "x-sluice-record-id".into(),
+                AMQPValue::LongString(record.id.as_str().into()),
+            );
+        }
+        let properties = properties.with_headers(headers);
         let body: Vec<u8> = if bytes.is_empty() {
             match &record.body {
                 Ok(v) => serde_json::to_vec(v).unwrap_or_default(),
@@ -356,16 +373,10 @@ impl RabbitSink {
             bytes.to_vec()
         };
         let confirmation = channel
-            .basic_publish(
-                dlx.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
+            .basic_publish(dlx.as_str().into(), "".into(), MANDATORY, &body, properties)
             .await?
             .await?;
-        if !confirmation.is_ack() {
+        if !matches!(confirmation, Confirmation::Ack(None)) {
             return Err(Error::DeadLetter(format!(
                 "dead letter of {} was not confirmed",
                 record.id

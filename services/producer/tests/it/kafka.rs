@@ -1,6 +1,6 @@
 //! The retail scenario into Kafka: three topics, keyed by config, every record delivered.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, io::Write, time::Duration};
 
 use rdkafka::{
     Message,
@@ -71,5 +71,86 @@ async fn retail_scenario_lands_in_three_topics_with_keys() -> anyhow::Result<()>
         (300, 150, 50)
     );
     assert_eq!(keyed_sales, 300, "sales are keyed by invoice_id");
+    Ok(())
+}
+
+/// Issue 9: records Kafka refuses for what they are (over librdkafka's `message.max.bytes` but
+/// under `--max-message-bytes`, a topic name no broker accepts) are dead-lettered with the
+/// reason; the good records of the same batch are delivered and the run completes.
+#[tokio::test]
+async fn kafka_poison_records_are_dead_lettered_and_the_run_goes_on() -> anyhow::Result<()> {
+    let kafka = TestKafka::create().await?;
+    let topic = kafka.topic("in", 1).await?;
+    let prefix = topic.strip_suffix("in").unwrap_or_default().to_owned();
+    let dir = std::env::temp_dir().join(sluice_testkit::unique_name("kafka-poison"));
+    std::fs::create_dir_all(&dir)?;
+    let input = dir.join("in.jsonl");
+    let dead = dir.join("dead.jsonl");
+    let mut f = std::fs::File::create(&input)?;
+    for i in 0..20 {
+        match i {
+            // 1,010,000 bytes: under the default --max-message-bytes (1 MiB), over librdkafka's
+            // default message.max.bytes (1,000,000).
+            5 => writeln!(f, r#"{{"topic":"in","blob":"{}"}}"#, "x".repeat(1_010_000))?,
+            // Kafka topic names allow [a-zA-Z0-9._-] only, 249 characters at most.
+            9 => writeln!(f, r#"{{"topic":"in/not a topic!","n":{i}}}"#)?,
+            13 => writeln!(f, r#"{{"topic":"{}","n":{i}}}"#, "t".repeat(600))?,
+            _ => writeln!(f, r#"{{"topic":"in","n":{i}}}"#)?,
+        }
+    }
+    drop(f);
+    let (input_s, dead_s) = (input.to_string_lossy(), dead.to_string_lossy());
+    let summary = tokio::time::timeout(
+        Duration::from_secs(90),
+        run(
+            args(&[
+                "--source",
+                "jsonl",
+                "--input",
+                &input_s,
+                "--sink",
+                "kafka",
+                "--kafka-brokers",
+                kafka.bootstrap(),
+                "--kafka-topic-prefix",
+                &prefix,
+                "--dead-letter-file",
+                &dead_s,
+                "--batch-size",
+                "8",
+            ]),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the run is wedged on a poison record"))??;
+    assert_eq!(
+        (summary.sent, summary.dead_lettered, summary.complete),
+        (17, 3, true)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let mut ids: Vec<&str> = lines.iter().filter_map(|l| l["id"].as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["in.jsonl:line-10", "in.jsonl:line-14", "in.jsonl:line-6"]
+    );
+    for line in &lines {
+        let reason = line["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("Kafka refused the record"), "{line}");
+    }
+
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", kafka.group_id("check"))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    for _ in 0..17 {
+        tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
+    }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! aggregator: delivery, dead letters, crashes, broken connections, resumed scaling.
 
 mod http;
+mod http_answers;
 mod kafka;
 mod mongo;
 mod rabbitmq;
+mod rabbitmq_refusals;
 mod scaling;
 mod support;

@@ -110,3 +110,31 @@ pub(crate) async fn drain(
     }
     Ok((ids, bodies, all))
 }
+
+/// Takes every message of a dead-letter queue: (message id, `x-sluice-record-id`,
+/// `x-sluice-reason`).
+pub(crate) async fn dead_letters(
+    ch: &Channel,
+    dlq: &str,
+) -> anyhow::Result<Vec<(Option<String>, Option<String>, String)>> {
+    let header = |h: Option<&lapin::types::FieldTable>, name: &str| match h
+        .and_then(|h| h.inner().get(name).cloned())
+    {
+        Some(lapin::types::AMQPValue::LongString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(dlq.into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await?
+    {
+        let props = &msg.delivery.properties;
+        let headers = props.headers().as_ref();
+        out.push((
+            props.message_id().as_ref().map(ToString::to_string),
+            header(headers, "x-sluice-record-id"),
+            header(headers, "x-sluice-reason").unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
