@@ -27,6 +27,11 @@ pub enum Error {
     #[error("rate limit reached; retry after {retry_after:?}")]
     RateLimited { retry_after: Duration },
 
+    /// A request costs more than the limiter's burst, so it can never be admitted: split it or
+    /// raise the burst. Waiting does not help, hence no `retry_after`.
+    #[error("a request of cost {cost} can never be admitted: the burst is {burst}")]
+    CostAboveBurst { cost: u32, burst: u32 },
+
     /// The limiter's shared store could not be asked and the limiter fails closed.
     #[error("rate limiter store unavailable: {reason}")]
     StoreUnavailable { reason: String },

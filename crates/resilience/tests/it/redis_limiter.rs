@@ -44,6 +44,66 @@ async fn burst_then_refusal_with_retry_after() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 300,000/s is an interval of 3.33 µs; kept in whole µs it was 3 µs, and the limit admitted 11 %
+/// more than configured. One full burst takes the key's whole budget, so the wait for a second
+/// one is the burst's length in time less the time between the two checks: deterministic, no
+/// matter how fast the machine is.
+#[tokio::test]
+async fn the_interval_keeps_its_fraction_of_a_microsecond() -> anyhow::Result<()> {
+    const RATE: f64 = 300_000.0;
+    const BURST: u32 = 1_000_000;
+    let redis = TestRedis::create().await?;
+    let limiter = RedisLimiter::new(redis.conn(), redis.prefix(), RATE, BURST)?
+        .with_failure_mode(FailureMode::Closed)
+        .with_timeout(Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    limiter.check_n("fast", BURST).await?;
+    let refused = limiter.check_n("fast", BURST).await;
+    let between = started.elapsed();
+    let retry_after = match refused {
+        Err(Error::RateLimited { retry_after }) => retry_after,
+        other => panic!("expected RateLimited, got {other:?}"),
+    };
+    let burst_length = Duration::from_secs_f64(f64::from(BURST) / RATE);
+    let tolerance = burst_length / 1000;
+    assert!(
+        retry_after <= burst_length + tolerance
+            && retry_after + between + tolerance >= burst_length,
+        "a burst of {BURST} at {RATE}/s lasts {burst_length:?}; told to wait {retry_after:?} \
+         {between:?} after the first check"
+    );
+    Ok(())
+}
+
+/// A request costing more than the burst can never be admitted: saying "retry after …" would
+/// have the caller wait forever.
+#[tokio::test]
+async fn a_cost_above_the_burst_is_an_error_not_a_wait() -> anyhow::Result<()> {
+    let redis = TestRedis::create().await?;
+    let limiter = RedisLimiter::new(redis.conn(), redis.prefix(), 1.0, 5)?
+        .with_failure_mode(FailureMode::Closed);
+    let err = limiter
+        .check_n("big", 6)
+        .await
+        .expect_err("6 never fit in a burst of 5");
+    assert_eq!(err.retry_after(), None, "waiting cannot help: {err:?}");
+    assert!(err.to_string().contains("burst"), "{err}");
+    limiter
+        .check_n("big", 5)
+        .await
+        .map_err(|e| anyhow::anyhow!("the refused request took nothing: {e}"))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_burst_that_takes_over_365_days_to_drain_is_refused_by_name() -> anyhow::Result<()> {
+    let redis = TestRedis::create().await?;
+    let err = RedisLimiter::new(redis.conn(), redis.prefix(), 1e-6, 100).expect_err("100 Ms");
+    assert!(err.to_string().contains("burst"), "{err}");
+    RedisLimiter::new(redis.conn(), redis.prefix(), 1e-6, 30)?;
+    Ok(())
+}
+
 /// Three OS processes share one limit for 3 s: the total admitted must be rate × time + burst
 /// within ±5 %.
 #[tokio::test]
