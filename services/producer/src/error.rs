@@ -26,6 +26,8 @@ pub enum Error {
     HttpRejected(#[source] HttpFailure),
     #[error("I/O: {0}")]
     Io(String),
+    #[error("the input changed under the checkpoint: {0}")]
+    InputChanged(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("publisher confirms did not arrive within {0:?}")]

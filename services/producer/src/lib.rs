@@ -92,7 +92,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
             Source::Mongo(MongoSource::new(collection, position)?)
         }
         SourceKind::Jsonl => Source::Jsonl(
-            JsonlSource::open(args.input.clone().unwrap_or_default(), position).await?,
+            JsonlSource::open(args.input.clone().unwrap_or_default(), position, args.watch).await?,
         ),
         SourceKind::Synthetic => Source::Synthetic(SyntheticSource::new(
             args.scenario,

@@ -3,6 +3,7 @@
 
 mod http;
 mod http_answers;
+mod jsonl;
 mod kafka;
 mod mongo;
 mod rabbitmq;
