@@ -315,6 +315,8 @@ impl CircuitBreaker {
             }
             return;
         }
+        // Not a probe and still its generation: granted while closed, so still closed; the check
+        // only guards against a future state that grants permits otherwise.
         if core.state != State::Closed {
             return;
         }
