@@ -24,6 +24,7 @@ pub mod record;
 pub mod sink;
 pub mod source;
 pub mod transform;
+mod transient;
 
 use std::{
     io::IsTerminal,
@@ -49,6 +50,7 @@ use crate::{
     },
     source::{JsonlSource, MongoSource, Source, SyntheticSource},
     transform::Scalers,
+    transient::{read_batch, retrying},
 };
 
 /// What a run did.
@@ -69,6 +71,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
     let metrics = Metrics::new("producer")?;
     let pm = ProducerMetrics::new(&metrics)?;
     let (store, mongo) = checkpoint_store(&args).await?;
+    if matches!(store, CheckpointStore::None) {
+        tracing::warn!(
+            "no --checkpoint-file: nothing is saved, so a restart sends every record again \
+             from the first one"
+        );
+    }
     let saved = store.load().await?;
     let mut summary = Summary {
         resumed_at: saved.as_ref().map_or(0, |c| c.count),
@@ -136,7 +144,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
     let mut next_health = Instant::now() + Duration::from_secs(1);
     // While a batch is being delivered, the next one is read: the source's round trip overlaps
     // the sink's. Its position is taken before the read, so the checkpoint never covers it early.
-    let mut next = source.next_batch(args.batch_size).await?;
+    let mut next = match read_batch(&mut source, args.batch_size, &shutdown).await {
+        Err(Error::Stopped) => Vec::new(),
+        read => read?,
+    };
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -157,7 +168,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
                     () = tokio::time::sleep(Duration::from_millis(args.poll_interval_ms)) => {}
                     () = shutdown.cancelled() => break,
                 }
-                next = source.next_batch(args.batch_size).await?;
+                next = match read_batch(&mut source, args.batch_size, &shutdown).await {
+                    Err(Error::Stopped) => break,
+                    read => read?,
+                };
                 continue;
             }
             let done = Checkpoint {
@@ -166,7 +180,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
                 status: Status::Complete,
                 scaler: scalers.state(),
             };
-            store.save(&done).await?;
+            match retrying("saving the checkpoint", &shutdown, || store.save(&done)).await {
+                Err(Error::Stopped) => break,
+                saved => saved?,
+            }
             summary.complete = true;
             break;
         }
@@ -176,7 +193,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
         scalers.apply(&mut batch);
         let (delivered, prefetched) = tokio::join!(
             deliver(&mut sink, &batch, &pm, &shutdown),
-            source.next_batch(args.batch_size)
+            read_batch(&mut source, args.batch_size, &shutdown)
         );
         let Some(delivered) = delivered? else {
             tracing::info!("stopping with a batch unconfirmed; it is sent again on the next run");
@@ -191,11 +208,21 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<Summary> 
             status: Status::InProgress,
             scaler: scalers.state(),
         };
-        store.save(&checkpoint).await?;
+        match retrying("saving the checkpoint", &shutdown, || {
+            store.save(&checkpoint)
+        })
+        .await
+        {
+            Err(Error::Stopped) => break,
+            saved => saved?,
+        }
         pm.checkpoint_count
             .set(i64::try_from(count).unwrap_or(i64::MAX));
         progress.advance(batch.len() as u64, count);
-        next = prefetched?;
+        next = match prefetched {
+            Err(Error::Stopped) => break,
+            read => read?,
+        };
     }
     progress.finish(count);
     if let Sink::Rabbit(rabbit) = &sink

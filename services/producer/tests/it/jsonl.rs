@@ -8,7 +8,7 @@ use sluice_producer::{Summary, config::RunArgs, run};
 use sluice_testkit::{TestAmqp, eventually};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{args, dead_letters, drain, queue_len, topology};
+use crate::support::{args, dead_letters, drain, queue_len, spawn, topology};
 
 struct Fixture {
     amqp: TestAmqp,
@@ -171,5 +171,43 @@ async fn a_truncated_or_replaced_input_is_refused_not_completed() -> anyhow::Res
         .await
         .expect_err("a truncated file is refused");
     assert!(format!("{err:#}").contains("truncated"), "{err:#}");
+    Ok(())
+}
+
+/// Issue 9 item 13: without `--checkpoint-file` a restart replays everything; the run says so.
+#[tokio::test]
+async fn a_run_without_checkpoint_file_warns_that_a_restart_replays_everything()
+-> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let input = f.dir.join("in.jsonl");
+    std::fs::write(&input, "{\"n\":1}\n")?;
+    let input = input.to_string_lossy().into_owned();
+    let cli: Vec<String> = [
+        "--source",
+        "jsonl",
+        "--input",
+        &input,
+        "--sink",
+        "rabbitmq",
+        "--amqp-url",
+        f.amqp.url(),
+        "--exchange",
+        &f.exchange,
+        "--queue",
+        &f.queue,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut child = spawn(&cli).await?;
+    let exit = child.wait(Duration::from_secs(60)).await?;
+    assert!(exit.success(), "{exit}");
+    let logs = child.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("WARN")
+            && l.contains("--checkpoint-file")
+            && l.contains("restart")),
+        "{logs:?}"
+    );
     Ok(())
 }

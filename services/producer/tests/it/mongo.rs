@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use mongodb::bson::{Document, doc};
 use sluice_producer::run;
-use sluice_testkit::{TestAmqp, TestMongo, eventually};
+use sluice_testkit::{FaultProxy, TestAmqp, TestMongo, eventually};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{args, drain, queue_len, spawn, topology};
@@ -139,5 +139,76 @@ async fn watch_mode_picks_up_new_documents() -> anyhow::Result<()> {
     token.cancel();
     let summary = tokio::time::timeout(Duration::from_secs(30), running).await???;
     assert_eq!((summary.sent, summary.complete), (150, false));
+    Ok(())
+}
+
+/// Issue 9 item 13: a MongoDB outage (here every connection reset, as in a restart or a
+/// step-down) ended the run with status 1. Now the producer waits it out and goes on.
+#[tokio::test]
+async fn a_mongodb_outage_mid_run_is_waited_out() -> anyhow::Result<()> {
+    let (mongo, amqp) = tokio::try_join!(TestMongo::create(), TestAmqp::create())?;
+    let (exchange, queue) = topology(&amqp);
+    seed(&mongo, 0, 100).await?;
+    let upstream = mongo
+        .url()
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .unwrap_or_default()
+        .parse()?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let url = format!(
+        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=500",
+        proxy.addr()
+    );
+    let cli: Vec<String> = [
+        "--source",
+        "mongo",
+        "--mongo-url",
+        &url,
+        "--mongo-database",
+        mongo.database().name(),
+        "--watch",
+        "--poll-interval-ms",
+        "50",
+        "--sink",
+        "rabbitmq",
+        "--amqp-url",
+        amqp.url(),
+        "--exchange",
+        &exchange,
+        "--queue",
+        &queue,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut child = spawn(&cli).await?;
+    eventually("the first 100 queued", Duration::from_secs(60), || async {
+        (queue_len(&amqp, &queue).await.ok()? >= 100).then_some(())
+    })
+    .await?;
+    proxy.refuse();
+    let survived = eventually("the outage noticed", Duration::from_secs(60), || async {
+        let logs = child.logs();
+        if logs.iter().any(|l| l.contains("MongoDB is retried")) {
+            Some(true)
+        } else {
+            logs.iter()
+                .any(|l| l.contains("producer failed"))
+                .then_some(false)
+        }
+    })
+    .await?;
+    assert!(survived, "the outage ended the run: {:?}", child.logs());
+    proxy.restore();
+    seed(&mongo, 100, 50).await?;
+    eventually(
+        "the documents inserted during the outage queued",
+        Duration::from_secs(60),
+        || async { (queue_len(&amqp, &queue).await.ok()? >= 150).then_some(()) },
+    )
+    .await?;
+    let exit = child.terminate(Duration::from_secs(30)).await?;
+    assert!(exit.success(), "{exit}");
     Ok(())
 }
