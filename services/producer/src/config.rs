@@ -261,6 +261,31 @@ impl RunArgs {
         if self.confirm_timeout_ms == 0 {
             return bad("--confirm-timeout-ms", "must be at least 1");
         }
+        if self.sink == SinkKind::Rabbitmq {
+            // AMQP names are short strings of at most 255 bytes, the derived ones included;
+            // lapin cannot send a longer one (see the RabbitMQ sink).
+            let names = [
+                (
+                    "--exchange / SLUICE_PRODUCER_EXCHANGE",
+                    self.exchange.len() + ".dlx".len(),
+                ),
+                (
+                    "--queue / SLUICE_PRODUCER_QUEUE",
+                    self.queue.len() + ".dead".len(),
+                ),
+                (
+                    "--routing-key / SLUICE_PRODUCER_ROUTING_KEY",
+                    self.routing_key.len(),
+                ),
+            ];
+            if let Some((setting, _)) = names.iter().find(|(_, len)| *len > 255) {
+                return bad(
+                    setting,
+                    "is too long: AMQP names hold 255 bytes (251 for --exchange and 250 for \
+                     --queue, which get `.dlx` and `.dead` added)",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -315,5 +340,17 @@ mod tests {
                 .to_string()
                 .contains("BATCH_SIZE")
         );
+        let long = "q".repeat(251);
+        let args = parse(&[
+            "--source",
+            "synthetic",
+            "--sink",
+            "rabbitmq",
+            "--queue",
+            &long,
+        ])
+        .expect("parses");
+        let err = args.validate().expect_err("too long with `.dead`");
+        assert!(err.to_string().contains("--queue"), "{err}");
     }
 }

@@ -152,5 +152,6 @@ async fn kafka_poison_records_are_dead_lettered_and_the_run_goes_on() -> anyhow:
     for _ in 0..17 {
         tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
     }
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
