@@ -16,8 +16,11 @@ pub struct Config {
     pub port: u16,
     /// Postgres (`DATABASE_URL`).
     pub database_url: Secret<String>,
-    /// Most connections in the Postgres pool.
+    /// Most connections in the Postgres pool of the workers and the AMQP ingress.
     pub database_pool_size: u32,
+    /// Most connections in the separate Postgres pool of `/events` and `/stats`, so reads can
+    /// never take the connections the writers need.
+    pub database_read_pool_size: u32,
     /// Redis (`REDIS_URL`).
     pub redis_url: Secret<String>,
     /// Consumers of the stream in this process (`WORKER_COUNT`).
@@ -38,6 +41,8 @@ pub struct Config {
     pub claim_idle_ms: u64,
     /// Stream entries (accepted, not yet stored) above which `/publish` answers 503.
     pub high_water_mark: u64,
+    /// `/publish` requests handled at once; more are shed with 503 before their body is read.
+    pub max_publish_in_flight: usize,
     /// How long `/publish` waits for Redis before answering 503, ms.
     pub publish_timeout_ms: u64,
     /// Largest request body, bytes (413 above).
@@ -71,6 +76,7 @@ impl Default for Config {
             port: 8080,
             database_url: Secret::new("postgres://sluice:sluice@localhost:5432/sluice".into()),
             database_pool_size: 16,
+            database_read_pool_size: 4,
             redis_url: Secret::new("redis://localhost:6379".into()),
             worker_count: 4,
             stream_key: "sluice:events".into(),
@@ -80,6 +86,7 @@ impl Default for Config {
             read_block_ms: 1000,
             claim_idle_ms: 30_000,
             high_water_mark: 100_000,
+            max_publish_in_flight: 512,
             publish_timeout_ms: 1000,
             max_body_bytes: 8 * 1024 * 1024,
             max_batch_events: 10_000,
@@ -117,6 +124,14 @@ impl Config {
             ("WORKER_COUNT", self.worker_count as u64),
             ("SLUICE_AGGREGATOR_READ_COUNT", self.read_count as u64),
             ("SLUICE_AGGREGATOR_HIGH_WATER_MARK", self.high_water_mark),
+            (
+                "SLUICE_AGGREGATOR_MAX_PUBLISH_IN_FLIGHT",
+                self.max_publish_in_flight as u64,
+            ),
+            (
+                "SLUICE_AGGREGATOR_DATABASE_READ_POOL_SIZE",
+                u64::from(self.database_read_pool_size),
+            ),
             (
                 "SLUICE_AGGREGATOR_MAX_BODY_BYTES",
                 self.max_body_bytes as u64,

@@ -113,6 +113,10 @@ pub enum ApiError {
     QueueFull {
         retry_after: Duration,
     },
+    /// Too many `/publish` requests in flight.
+    Overloaded {
+        retry_after: Duration,
+    },
     Unavailable {
         dependency: &'static str,
         retry_after: Duration,
@@ -157,6 +161,11 @@ impl IntoResponse for ApiError {
             Self::QueueFull { retry_after } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "queue_full", "detail": "the queue is above its high-water mark; retry later"}),
+                Some(retry_after),
+            ),
+            Self::Overloaded { retry_after } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "overloaded", "detail": "too many requests in flight; retry later"}),
                 Some(retry_after),
             ),
             Self::Unavailable {

@@ -28,6 +28,7 @@ use sluice_core::{
     wire::BatchMessage,
 };
 use sluice_resilience::limiter::KeyedLimiter;
+use tokio::sync::Semaphore;
 
 use crate::{
     config::Config, error::ApiError, metrics::AggregatorMetrics, queue::Stream, store::Store,
@@ -43,6 +44,8 @@ pub struct ApiState {
     /// Stream length as last seen by the backlog monitor.
     pub backlog: Arc<AtomicU64>,
     pub limiter: Option<KeyedLimiter<IpAddr>>,
+    /// One permit per `/publish` request in flight (load shedding).
+    pub publish_slots: Arc<Semaphore>,
     pub started: Instant,
 }
 
@@ -100,6 +103,23 @@ async fn publish(
         let wait = refused.retry_after().unwrap_or(Duration::from_secs(1));
         return Err(reject("rate_limited", ApiError::RateLimited(wait)));
     }
+    // Overload is refused before the body is read: shedding must cost less than the work.
+    let Ok(_slot) = state.publish_slots.clone().try_acquire_owned() else {
+        return Err(reject(
+            "overloaded",
+            ApiError::Overloaded {
+                retry_after: jittered_retry(),
+            },
+        ));
+    };
+    if state.backlog.load(Ordering::Relaxed) >= state.config.high_water_mark {
+        return Err(reject(
+            "queue_full",
+            ApiError::QueueFull {
+                retry_after: jittered_retry(),
+            },
+        ));
+    }
     if !is_json(&headers) {
         return Err(reject("media_type", ApiError::UnsupportedMediaType));
     }
@@ -111,14 +131,6 @@ async fn publish(
         .map_err(|e| reject("malformed_json", ApiError::BadJson(e.to_string())))?;
     let events = parse_batch(&value).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
     check_limits(&state.config, &events).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
-    if state.backlog.load(Ordering::Relaxed) >= state.config.high_water_mark {
-        return Err(reject(
-            "queue_full",
-            ApiError::QueueFull {
-                retry_after: Duration::from_secs(1),
-            },
-        ));
-    }
     let count = events.len();
     let trace_id = headers
         .get("x-request-id")
@@ -167,6 +179,11 @@ async fn publish(
             ))
         }
     }
+}
+
+/// 1 to 3 s, so clients told to come back do not all come back in the same second.
+fn jittered_retry() -> Duration {
+    Duration::from_millis(1_000 + fastrand::u64(0..=2_000))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -57,6 +57,8 @@ pub use crate::{
 
 /// How often the stream's length is read for `/publish`'s high-water check and the gauges.
 const BACKLOG_EVERY: Duration = Duration::from_millis(200);
+/// How often the rate limiter forgets clients back at a full allowance.
+const RETAIN_EVERY: Duration = Duration::from_secs(10);
 /// How often records of consumed entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -83,6 +85,7 @@ impl App {
         let store = Arc::new(Store::connect_lazy(
             config.database_url.expose(),
             config.database_pool_size,
+            config.database_read_pool_size,
         )?);
         let publish_conn = queue::connect(
             config.redis_url.expose(),
@@ -126,6 +129,7 @@ impl App {
             metrics: aggregator_metrics,
             backlog: Arc::new(AtomicU64::new(0)),
             limiter,
+            publish_slots: Arc::new(tokio::sync::Semaphore::new(config.max_publish_in_flight)),
             started: Instant::now(),
         });
         Ok(Self {
@@ -236,6 +240,7 @@ impl App {
 /// prunes consumed-entry records that can no longer be needed.
 async fn maintain(state: Arc<ApiState>, shutdown: CancellationToken, amqp_retention: Duration) {
     let mut next_prune = Instant::now();
+    let mut next_retain = Instant::now();
     loop {
         match state.stream.backlog().await {
             Ok(b) => {
@@ -259,6 +264,14 @@ async fn maintain(state: Arc<ApiState>, shutdown: CancellationToken, amqp_retent
                 }
             }
             Err(_) => {}
+        }
+        if let Some(limiter) = &state.limiter
+            && Instant::now() >= next_retain
+        {
+            // Forget clients whose allowance is full again, so the table of client addresses
+            // does not grow with every address ever seen (it walks every key: not too often).
+            next_retain = Instant::now() + RETAIN_EVERY;
+            limiter.retain_recent();
         }
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;

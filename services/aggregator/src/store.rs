@@ -69,7 +69,10 @@ pub struct StoredEvent {
 /// The aggregator's Postgres access.
 #[derive(Debug)]
 pub struct Store {
+    /// Writers' pool: workers and the AMQP ingress.
     pool: PgPool,
+    /// Readers' pool: `/events` and `/stats`, small and apart so they cannot starve writers.
+    read_pool: PgPool,
     known_topics: Mutex<HashSet<String>>,
     /// Set once the migrations are applied; until then every write tries to apply them (the
     /// service may start while Postgres is down).
@@ -79,27 +82,34 @@ pub struct Store {
 impl Store {
     /// A pool that connects lazily, so the service starts (and answers `/health` with the
     /// database named) while Postgres is still down.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self> {
+    pub fn connect_lazy(url: &str, max_connections: u32, max_readers: u32) -> Result<Self> {
         let options: PgConnectOptions = url.parse().map_err(|e| Error::Config {
             setting: "DATABASE_URL",
             reason: format!("{e}"),
         })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(options);
+        let pool_of = |size: u32| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy_with(options.clone())
+        };
         Ok(Self {
-            pool,
+            pool: pool_of(max_connections),
+            read_pool: pool_of(max_readers),
             known_topics: Mutex::new(HashSet::new()),
             migrated: AtomicBool::new(false),
         })
     }
 
     /// Applies the migrations in `migrations/` (embedded at build time), under an advisory lock
-    /// so replicas starting together take turns.
+    /// so replicas starting together take turns. Migrations already applied that this build
+    /// does not know (a newer version of another service sharing the database applied them)
+    /// are left alone rather than refusing to start.
     #[tracing::instrument(skip(self))]
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("../../migrations").run(&self.pool).await?;
+        let mut migrator = sqlx::migrate!("../../migrations");
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -191,7 +201,7 @@ impl Store {
                     coalesce(sum(duplicate_dropped), 0)::bigint
              FROM event_counters",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.read_pool)
         .await?;
         Ok(Counters {
             received: row.0,
@@ -204,7 +214,7 @@ impl Store {
     pub async fn topics(&self) -> Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT topic FROM topics ORDER BY topic")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read_pool)
                 .await?,
         )
     }
@@ -219,7 +229,7 @@ impl Store {
                 ))
                 .bind(topic)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read_pool)
                 .await?
             }
             None => {
@@ -227,7 +237,7 @@ impl Store {
                     "{COLUMNS} ORDER BY processed_at DESC, id DESC LIMIT $1"
                 ))
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read_pool)
                 .await?
             }
         };
@@ -274,7 +284,7 @@ impl Store {
 
     /// `SELECT 1`, for `/health`.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.read_pool).await?;
         Ok(())
     }
 }

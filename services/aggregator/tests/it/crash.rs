@@ -57,10 +57,12 @@ async fn publish_all(events: &[Value], targets: &[&ChildService]) -> anyhow::Res
 
 /// After a kill: proves it landed mid-consumption. With the killed process gone, entries still
 /// in the stream cannot be consumed before a restart or a peer's claim, so this cannot race.
+/// (Whether an entry was between COMMIT and XACK at that instant is left to chance here;
+/// `redelivery.rs` puts an entry in exactly that state.)
 async fn assert_killed_mid_consumption(redis: &TestRedis) -> anyhow::Result<()> {
     let left = queue_counts(redis, &redis.key("events")).await?;
     assert!(
-        left.length > 0 && left.pending > 0,
+        left.length > 0,
         "the kill must land while entries are in flight (left: {left:?})"
     );
     Ok(())

@@ -46,7 +46,8 @@ async fn the_same_events_from_many_concurrent_clients_are_stored_once() -> anyho
         }
     }
     for p in posts {
-        assert_eq!(p.await??, 202);
+        let status = p.await??;
+        assert_eq!(status, 202, "every publish accepted");
     }
     let total = (events.len() * clients) as i64;
     let stats = app.wait_received(total).await?;

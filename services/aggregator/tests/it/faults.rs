@@ -82,11 +82,12 @@ async fn postgres_down_accepts_up_to_the_high_water_mark_then_drains_when_back()
 async fn redis_down_fails_publish_fast_and_recovers_by_itself() -> anyhow::Result<()> {
     let (db, redis) = tokio::try_join!(TestDatabase::create(), TestRedis::create())?;
     let proxy = FaultProxy::start(redis.addr()?).await?;
-    let cfg = config(
+    let mut cfg = config(
         db.url(),
         &format!("redis://{}", proxy.addr()),
         &redis.key("events"),
     );
+    cfg.publish_timeout_ms = 1_000;
     let app = App::build(cfg).await?;
     let base = format!("http://{}", app.local_addr());
     let running = InProcess::spawn(|t| app.run(t));

@@ -7,6 +7,7 @@ mod api;
 mod crash;
 mod dedup;
 mod faults;
+mod overload;
 mod poison;
 mod redelivery;
 mod redis_loss;

@@ -28,7 +28,7 @@ async fn commit_without_ack(
     consumer: &str,
     events: serde_json::Value,
 ) -> anyhow::Result<CommittedNotAcked> {
-    let store = Store::connect_lazy(db.url(), 2)?;
+    let store = Store::connect_lazy(db.url(), 2, 1)?;
     store.migrate().await?;
     let conn = queue::connect(redis.url(), Duration::from_secs(5)).await?;
     let stream = Stream::new(conn.clone(), &redis.key("events"), "aggregator");

@@ -19,6 +19,9 @@ pub(crate) fn config(db_url: &str, redis_url: &str, stream_key: &str) -> Config 
         consumer_name: Some(format!("test-{}", uuid_suffix())),
         read_block_ms: 200,
         claim_idle_ms: 1_000,
+        // Generous: a machine busy compiling can take over a second for an XADD, and a 503
+        // there is not what these tests are about (faults.rs tests the timeout itself).
+        publish_timeout_ms: 5_000,
         shutdown_timeout_ms: 10_000,
         ..Config::default()
     }
