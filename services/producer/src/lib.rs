@@ -302,6 +302,7 @@ async fn connect_sink(
             args.kafka_key_field.clone(),
             args.max_message_bytes,
             dead,
+            shutdown.clone(),
         )?),
     })
 }

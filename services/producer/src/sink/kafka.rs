@@ -16,9 +16,13 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
 };
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::{DeadLetterFile, Delivered, serialise};
 use crate::{Error, Result, record::Record};
+
+/// How long deliveries in flight may still take once the run is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub struct KafkaSink {
     producer: FutureProducer,
@@ -27,6 +31,7 @@ pub struct KafkaSink {
     key_field: Option<String>,
     max_bytes: usize,
     dead: DeadLetterFile,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -45,6 +50,7 @@ impl KafkaSink {
         key_field: Option<String>,
         max_bytes: usize,
         dead: DeadLetterFile,
+        shutdown: CancellationToken,
     ) -> Result<Self> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -60,6 +66,7 @@ impl KafkaSink {
             key_field,
             max_bytes,
             dead,
+            shutdown,
         })
     }
 
@@ -98,7 +105,17 @@ impl KafkaSink {
                 self.producer.send(message, Duration::from_secs(30))
             });
         let (mut sent, mut refused, mut failed) = (0, Vec::new(), None);
-        for ((record, _), result) in ok.iter().zip(join_all(sends).await) {
+        // A stop leaves the deliveries in flight STOP_GRACE to finish (a healthy broker needs
+        // milliseconds, so the batch in flight is still confirmed), not the 30 s an unreachable
+        // one would take.
+        let reports = tokio::select! {
+            reports = join_all(sends) => reports,
+            () = async {
+                self.shutdown.cancelled().await;
+                tokio::time::sleep(STOP_GRACE).await;
+            } => return Err(Error::Stopped),
+        };
+        for ((record, _), result) in ok.iter().zip(reports) {
             match result {
                 Ok(_) => sent += 1,
                 Err((e, _)) if is_refusal(&e) => {
@@ -156,6 +173,28 @@ fn is_refusal(error: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9 item 14: with Kafka unreachable, a stop waited for the 30 s message timeout.
+    #[tokio::test]
+    async fn a_stop_ends_the_wait_for_an_unreachable_broker() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(sluice_testkit::unique_name("kafka-stop"));
+        let dead = DeadLetterFile::new(dir.join("dead.jsonl"));
+        let shutdown = CancellationToken::new();
+        // Nothing listens on port 1: no delivery report comes before the message timeout.
+        let mut sink = KafkaSink::new("127.0.0.1:1", "", "t", None, 1024, dead, shutdown.clone())?;
+        let records = [Record::new("r1", None, serde_json::json!({"n": 1}))];
+        let started = std::time::Instant::now();
+        let sending = sink.send(&records);
+        shutdown.cancel();
+        let err = sending.await.err();
+        assert!(matches!(err, Some(Error::Stopped)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
 
     #[test]
     fn refusals_are_told_by_error_code() {
