@@ -21,7 +21,7 @@ pub struct Session {
     pub user: String,
     /// Sent back in `X-CSRF-Token` on every state-changing request.
     pub csrf: String,
-    /// Login time, Unix seconds.
+    /// Login time, Unix milliseconds.
     pub created: i64,
 }
 
@@ -84,7 +84,7 @@ impl SessionStore {
             id: random_token(),
             user: user.to_owned(),
             csrf: random_token(),
-            created: chrono::Utc::now().timestamp(),
+            created: chrono::Utc::now().timestamp_millis(),
         };
         let key = self.key(&session.id);
         let mut conn = self.pool.get().await?;
@@ -99,7 +99,7 @@ impl SessionStore {
                 ],
             )
             .ignore()
-            .expire(&key, ttl(self.idle))
+            .pexpire(&key, ttl_ms(self.idle))
             .ignore()
             .query_async::<()>(&mut *conn)
             .await?;
@@ -123,8 +123,10 @@ impl SessionStore {
         let (Some(user), Some(csrf), Some(created)) = (user, csrf, created) else {
             return Ok(None);
         };
-        let age = chrono::Utc::now().timestamp().saturating_sub(created);
-        let left = i64::try_from(self.absolute.as_secs())
+        let age = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(created);
+        let left = i64::try_from(self.absolute.as_millis())
             .unwrap_or(i64::MAX)
             .saturating_sub(age);
         if left <= 0 {
@@ -133,8 +135,8 @@ impl SessionStore {
         }
         let renewed = self
             .idle
-            .min(Duration::from_secs(u64::try_from(left).unwrap_or(0)));
-        conn.expire::<_, ()>(&key, ttl(renewed)).await?;
+            .min(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+        conn.pexpire::<_, ()>(&key, ttl_ms(renewed)).await?;
         Ok(Some(Session {
             id: id.to_owned(),
             user,
@@ -151,8 +153,8 @@ impl SessionStore {
     }
 }
 
-fn ttl(d: Duration) -> i64 {
-    i64::try_from(d.as_secs().max(1)).unwrap_or(i64::MAX)
+fn ttl_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis().max(1)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

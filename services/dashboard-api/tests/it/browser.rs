@@ -1,0 +1,1 @@
+//! Browser tests (headless Chromium): see the module added with the page.

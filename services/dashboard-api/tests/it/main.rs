@@ -1,0 +1,10 @@
+//! Integration tests of sluice-dashboard against the real servers of scripts/deps.sh: each
+//! test has its own Postgres database, Redis prefix, Mongo database and Kafka topics.
+
+mod auth;
+mod browser;
+mod data;
+mod live;
+mod roles;
+mod sessions;
+mod support;
