@@ -13,7 +13,7 @@ LOG := .deps/make-test.log
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice
 export REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: help up down deps deps-up dev-db run stop test lint lint-deploy fmt bench doc
+.PHONY: help up down deps deps-up dev-db run stop test lint lint-deploy fmt bench doc schemathesis
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,13 @@ test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + al
 	else \
 	  $(CARGO) test --workspace --locked; \
 	fi
+	@$(MAKE) --no-print-directory schemathesis
+
+schemathesis: ## requests generated from the aggregator's OpenAPI document against a live aggregator
+	@$(CARGO) build -q -p sluice-aggregator --bin sluice-aggregator --locked
+	@scripts/schemathesis.sh > .deps/schemathesis.log 2>&1 \
+	  || { cat .deps/schemathesis.log; echo "FAILED: scripts/schemathesis.sh"; exit 1; }
+	@grep -E "^(after the run|schemathesis: ok)" .deps/schemathesis.log
 
 lint: lint-deploy ## format check, clippy -D warnings, compose and alert rules
 	$(CARGO) fmt --all --check

