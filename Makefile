@@ -13,7 +13,7 @@ LOG := .deps/make-test.log
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice
 export REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: help up down deps deps-up dev-db run stop test lint lint-deploy fmt bench doc schemathesis
+.PHONY: help up down deps deps-up dev-db run stop test lint lint-deploy fmt bench doc schemathesis compose-check
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ schemathesis: ## requests generated from the aggregator's OpenAPI document again
 	@scripts/schemathesis.sh > .deps/schemathesis.log 2>&1 \
 	  || { cat .deps/schemathesis.log; echo "FAILED: scripts/schemathesis.sh"; exit 1; }
 	@grep -E "^(after the run|schemathesis: ok)" .deps/schemathesis.log
+
+compose-check: deps ## docker compose up checked end to end under a real Docker engine
+	@scripts/compose-check.sh
 
 lint: lint-deploy ## format check, clippy -D warnings, compose and alert rules
 	$(CARGO) fmt --all --check
