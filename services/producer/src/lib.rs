@@ -337,7 +337,7 @@ impl Reporter {
                 indicatif::ProgressDrawTarget::stderr(),
             );
             let style = indicatif::ProgressStyle::with_template(
-                "{wide_bar} {human_pos}/{human_len} {per_sec} ETA {eta}",
+                "{wide_bar} {human_pos}/{human_len} {per_sec:0} ETA {eta}", // :0 = whole events/s
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style);
