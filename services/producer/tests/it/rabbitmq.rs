@@ -5,7 +5,7 @@ use sluice_producer::run;
 use sluice_testkit::{FaultProxy, TestAmqp, eventually};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{args, drain, queue_len, topology};
+use crate::support::{args, drain, queue_len, spawn, topology};
 
 #[tokio::test]
 async fn jsonl_to_rabbitmq_dead_letters_poison_records_and_keeps_going() -> anyhow::Result<()> {
@@ -137,5 +137,67 @@ async fn connection_cuts_mid_run_lose_nothing() -> anyhow::Result<()> {
     let ch = amqp.channel().await?;
     let (ids, _, _) = drain(&ch, &queue, TOTAL).await?;
     assert_eq!(ids.len(), TOTAL, "every record arrived at least once");
+    Ok(())
+}
+
+/// How much of the reconnect wait announced by `line` (`connecting to RabbitMQ failed`, with
+/// its `delay` and `timestamp`) is still ahead, if the line is one.
+fn reconnect_wait_left(line: &str) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["message"] != "connecting to RabbitMQ failed" {
+        return None;
+    }
+    // `?delay` is Debug: "1.234567s" or "734.2ms".
+    let delay = v["delay"].as_str()?;
+    let secs: f64 = match delay.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().ok()? / 1e3,
+        None => delay.strip_suffix('s')?.parse().ok()?,
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok()?;
+    let since = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+        .to_std()
+        .ok()?;
+    Duration::from_secs_f64(secs).checked_sub(since)
+}
+
+/// Issue 9 item 14: SIGTERM while RabbitMQ cannot be reached. The reconnect delay (up to 15 s)
+/// ran to its end first; the signal is sent while at least 1.5 s of one is still ahead.
+#[tokio::test]
+async fn sigterm_during_an_outage_exits_promptly() -> anyhow::Result<()> {
+    let amqp = TestAmqp::create().await?;
+    let (exchange, queue) = topology(&amqp);
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    proxy.refuse();
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let cli: Vec<String> = [
+        "--source",
+        "synthetic",
+        "--total-events",
+        "100",
+        "--sink",
+        "rabbitmq",
+        "--amqp-url",
+        &url,
+        "--exchange",
+        &exchange,
+        "--queue",
+        &queue,
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut child = spawn(&cli).await?;
+    eventually(
+        "a long reconnect wait",
+        Duration::from_secs(120),
+        || async {
+            let logs = child.logs();
+            let left = reconnect_wait_left(logs.last()?)?;
+            (left >= Duration::from_millis(1500)).then_some(())
+        },
+    )
+    .await?;
+    let exit = child.terminate(Duration::from_secs(1)).await?;
+    assert!(exit.success(), "{exit}");
     Ok(())
 }
