@@ -76,7 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             host: "0.0.0.0".into(),
-            port: 8090,
+            port: 8083,
             database_url: Secret::new("postgres://sluice:sluice@localhost:5432/sluice".into()),
             database_pool_size: 8,
             redis_url: Secret::new("redis://localhost:6379".into()),

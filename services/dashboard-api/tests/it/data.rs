@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mongodb::bson::{DateTime as BsonTime, doc};
 use rdkafka::{
-    Message,
+    Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
 };
 use reqwest::StatusCode;
@@ -235,7 +235,12 @@ async fn accountant_input_arrives_on_kafka_as_the_topic_messages() -> anyhow::Re
         .create()?;
     let sales_topic = format!("{}topic-raw-sales", env.topic_prefix);
     let inventory_topic = format!("{}topic-inventory-updates", env.topic_prefix);
-    consumer.subscribe(&[&sales_topic, &inventory_topic])?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in [&sales_topic, &inventory_topic] {
+        assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    }
+    // Assigned, not subscribed: no consumer group join to wait for.
+    consumer.assign(&assignment)?;
     let mut got: Vec<(String, String, Value)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while got.len() < 2 {
