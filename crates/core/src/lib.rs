@@ -6,7 +6,8 @@
 //! - [`wire`]: versioned messages as they travel through brokers, so every service agrees.
 //! - [`config`]: typed configuration from defaults, an optional TOML file and the environment,
 //!   with errors that name the setting; [`config::Secret`] keeps credentials out of logs.
-//! - [`telemetry`]: JSON logs through `tracing` and a Prometheus registry owned by the app.
+//! - [`telemetry`]: logs through `tracing` (JSON, or text on a terminal) and a Prometheus
+//!   registry owned by the app.
 //! - [`health`]: dependency probes behind `/health` and `/ready`.
 //! - [`shutdown`]: a [`CancellationToken`](tokio_util::sync::CancellationToken) tied to SIGTERM
 //!   and SIGINT, for binaries; libraries only ever receive the token.
@@ -18,7 +19,7 @@
 //! use sluice_core::{health::Health, http::HttpServer, shutdown, telemetry::Metrics};
 //!
 //! # async fn run() -> Result<(), sluice_core::Error> {
-//! sluice_core::telemetry::init_json_logs("demo");
+//! sluice_core::telemetry::init_logs("demo");
 //! let metrics = Metrics::new("demo")?;
 //! let health = Health::new();
 //! let router = health.router().merge(metrics.router());

@@ -1,8 +1,9 @@
-//! JSON logs through `tracing`, and Prometheus metrics in a registry the app owns.
+//! Logs through `tracing` (JSON unless a person is watching), and Prometheus metrics in a
+//! registry the app owns.
 //!
 //! The registry is a value, not a global: two apps in one test process keep separate counts.
 
-use std::time::Instant;
+use std::{io::IsTerminal, time::Instant};
 
 use axum::{
     Router,
@@ -20,26 +21,85 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::Result;
 
-/// Sends JSON logs to stdout, one object per line, filtered by `RUST_LOG` (default `info`).
+/// How log lines are written: one JSON object per line for collectors, or text for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (`docker logs`, files, pipes, the testkit's child services).
+    Json,
+    /// `tracing`'s human-readable lines, coloured on a terminal.
+    Text,
+}
+
+impl LogFormat {
+    /// The environment variable that overrides the choice: `json`, `text` or `auto`.
+    pub const ENV: &'static str = "SLUICE_LOG_FORMAT";
+
+    /// `setting` (the value of [`Self::ENV`]) when it is `json` or `text`; otherwise (unset,
+    /// empty, `auto`, or a value [`Self::is_valid_setting`] refuses) text when the log stream is a
+    /// terminal and JSON when it is not.
+    pub fn choose(setting: Option<&str>, is_terminal: bool) -> Self {
+        match setting.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            Some("json") => Self::Json,
+            Some("text") => Self::Text,
+            _ if is_terminal => Self::Text,
+            _ => Self::Json,
+        }
+    }
+
+    /// Whether `setting` is a value [`Self::choose`] understands (so a typo can be reported).
+    pub fn is_valid_setting(setting: &str) -> bool {
+        matches!(
+            setting.trim().to_ascii_lowercase().as_str(),
+            "" | "auto" | "json" | "text"
+        )
+    }
+}
+
+/// Sends logs to stdout, filtered by `RUST_LOG` (default `info`): JSON lines when stdout is not a
+/// terminal (containers, files, pipes, tests), readable text when it is; `SLUICE_LOG_FORMAT=json`
+/// or `text` overrides the choice.
 ///
+/// The stream that decides is stdout because the logs go there: `sluice-producer … | jq` gets
+/// JSON although stderr is a terminal, and the testkit, which reads its children's stdout, gets
+/// JSON even when the tests run with `--nocapture` in a terminal.
+///
+/// Call it after the command line is parsed, so `--help` and argument errors are printed alone.
 /// Safe to call more than once (tests do): only the first call installs the subscriber.
-pub fn init_json_logs(service: &str) {
+pub fn init_logs(service: &str) {
+    let setting = std::env::var(LogFormat::ENV).ok();
+    let is_terminal = std::io::stdout().is_terminal();
+    let format = LogFormat::choose(setting.as_deref(), is_terminal);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let installed = fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout)
-        .try_init()
-        .is_ok();
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let installed = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.with_ansi(is_terminal).try_init(),
+    }
+    .is_ok();
     if installed {
         tracing::info!(
             service,
             version = env!("CARGO_PKG_VERSION"),
             "logging started"
         );
+        if let Some(bad) = setting.filter(|s| !LogFormat::is_valid_setting(s)) {
+            tracing::warn!(
+                value = %bad,
+                "{} must be json, text or auto; chose by the terminal instead",
+                LogFormat::ENV
+            );
+        }
     }
+}
+
+/// The former name of [`init_logs`], kept for the binaries that still call it; the same
+/// behaviour (JSON unless stdout is a terminal).
+pub fn init_json_logs(service: &str) {
+    init_logs(service);
 }
 
 /// The app's Prometheus registry, served at `/metrics`.
@@ -219,6 +279,25 @@ mod tests {
         let b = Metrics::new("b").expect("b");
         assert!(a.render().contains(r#"service="a""#));
         assert!(!b.render().contains(r#"service="a""#));
+    }
+
+    #[test]
+    fn logs_are_json_unless_a_terminal_watches() {
+        assert_eq!(LogFormat::choose(None, false), LogFormat::Json);
+        assert_eq!(LogFormat::choose(None, true), LogFormat::Text);
+        assert_eq!(LogFormat::choose(Some(""), true), LogFormat::Text);
+        assert_eq!(LogFormat::choose(Some("auto"), false), LogFormat::Json);
+    }
+
+    #[test]
+    fn the_log_format_setting_overrides_the_terminal() {
+        assert_eq!(LogFormat::choose(Some("json"), true), LogFormat::Json);
+        assert_eq!(LogFormat::choose(Some(" TEXT "), false), LogFormat::Text);
+        // A typo falls back to the automatic choice (and init_logs warns about it).
+        assert_eq!(LogFormat::choose(Some("jsno"), true), LogFormat::Text);
+        assert_eq!(LogFormat::choose(Some("jsno"), false), LogFormat::Json);
+        assert!(LogFormat::is_valid_setting("Json"));
+        assert!(!LogFormat::is_valid_setting("jsno"));
     }
 
     #[test]

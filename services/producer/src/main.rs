@@ -8,8 +8,9 @@ use sluice_producer::config::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_json_logs("sluice-producer");
+    // Arguments first: `--help` and argument errors are printed before any log line.
     let Command::Run(args) = Cli::parse().command;
+    telemetry::init_logs("sluice-producer");
     let shutdown = shutdown::on_signal();
     match sluice_producer::run(*args, shutdown).await {
         Ok(_) => ExitCode::SUCCESS,

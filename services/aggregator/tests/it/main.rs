@@ -4,6 +4,7 @@
 mod abuse;
 mod amqp;
 mod api;
+mod cli;
 mod crash;
 mod dedup;
 mod faults;

@@ -1,6 +1,7 @@
 //! The producer against real MongoDB-, RabbitMQ-, Redis-, Kafka-protocol servers and a real
 //! aggregator: delivery, dead letters, crashes, broken connections, resumed scaling.
 
+mod cli;
 mod http;
 mod http_answers;
 mod jsonl;
