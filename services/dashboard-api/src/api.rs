@@ -229,9 +229,13 @@ async fn websocket(
             .collect(),
     };
     let mut topics = BTreeSet::new();
+    let mut needs = Role::Viewer;
     for t in &requested {
         if !allowed(caller.role, t) {
             return Err(ApiError::Forbidden);
+        }
+        if t == SYSTEM {
+            needs = Role::Admin;
         }
         let name: &'static str = if t == SYSTEM {
             SYSTEM
@@ -246,6 +250,14 @@ async fn websocket(
         shutdown: state.shutdown.clone(),
         send_timeout: crate::Config::ms(state.config.send_timeout_ms),
         tracker: state.tracker.clone(),
+        access: live::Access {
+            sessions: state.sessions.clone(),
+            users: state.users.clone(),
+            session_id: caller.session.id.clone(),
+            user: caller.session.user.clone(),
+            needs,
+            every: crate::Config::ms(state.config.ws_recheck_ms),
+        },
     };
     Ok(upgrade.on_upgrade(move |socket| live::serve_client(socket, ctx, topics)))
 }

@@ -66,6 +66,9 @@ pub struct Config {
     pub client_queue: usize,
     /// A WebSocket write taking longer than this disconnects the client, ms.
     pub send_timeout_ms: u64,
+    /// How often an open WebSocket checks that its session and role still hold, ms (a logout
+    /// or a demotion closes it within this time).
+    pub ws_recheck_ms: u64,
     /// Most result documents returned per collection.
     pub max_rows: i64,
     /// Longest wait for requests in flight at shutdown, ms.
@@ -103,6 +106,7 @@ impl Default for Config {
             poll_interval_ms: 250,
             client_queue: 16,
             send_timeout_ms: 5_000,
+            ws_recheck_ms: 15_000,
             max_rows: 500,
             shutdown_timeout_ms: 10_000,
         }
@@ -149,6 +153,7 @@ impl Config {
             ("SLUICE_DASHBOARD_POLL_INTERVAL_MS", self.poll_interval_ms),
             ("SLUICE_DASHBOARD_CLIENT_QUEUE", self.client_queue as u64),
             ("SLUICE_DASHBOARD_SEND_TIMEOUT_MS", self.send_timeout_ms),
+            ("SLUICE_DASHBOARD_WS_RECHECK_MS", self.ws_recheck_ms),
             (
                 "SLUICE_DASHBOARD_DATABASE_POOL_SIZE",
                 u64::from(self.database_pool_size),

@@ -21,7 +21,12 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{metrics::DashboardMetrics, results::Collection};
+use crate::{
+    metrics::DashboardMetrics,
+    results::Collection,
+    sessions::SessionStore,
+    users::{Role, UserStore},
+};
 
 /// The topic of the admin's system figures.
 pub const SYSTEM: &str = "system";
@@ -85,6 +90,32 @@ pub(crate) struct ClientCtx {
     pub(crate) shutdown: CancellationToken,
     pub(crate) send_timeout: Duration,
     pub(crate) tracker: TaskTracker,
+    pub(crate) access: Access,
+}
+
+/// What a socket re-checks periodically: its session still exists and its user still has the
+/// role the topics need, so a logout, an expiry or a demotion also ends live updates.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    pub(crate) sessions: SessionStore,
+    pub(crate) users: UserStore,
+    pub(crate) session_id: String,
+    pub(crate) user: String,
+    pub(crate) needs: Role,
+    pub(crate) every: Duration,
+}
+
+impl Access {
+    async fn holds(&self) -> bool {
+        let live = self.sessions.is_live(&self.session_id).await;
+        let role = self.users.role(&self.user).await;
+        // A database that does not answer is not a reason to cut everyone off.
+        match (live, role) {
+            (Ok(false), _) | (_, Ok(None)) => false,
+            (_, Ok(Some(role))) => role >= self.needs,
+            _ => true,
+        }
+    }
 }
 
 /// Serves one WebSocket until it closes, the client is too slow, or the service stops (then
@@ -100,8 +131,19 @@ pub(crate) async fn serve_client(
     let mut rx = ctx.hub.subscribe();
     let initial: Vec<Frame> = topics.iter().filter_map(|t| ctx.hub.latest(t)).collect();
     let mut outcome = send_all(&mut socket, &ctx, initial).await;
+    let mut recheck = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.access.every,
+        ctx.access.every,
+    );
     while outcome.is_ok() {
         tokio::select! {
+            _ = recheck.tick() => {
+                if !ctx.access.holds().await {
+                    let close = CloseFrame { code: close_code::POLICY, reason: "session ended".into() };
+                    let _ = tokio::time::timeout(ctx.send_timeout, socket.send(Message::Close(Some(close)))).await;
+                    break;
+                }
+            }
             () = ctx.shutdown.cancelled() => {
                 let close = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
                 let _ = tokio::time::timeout(ctx.send_timeout, socket.send(Message::Close(Some(close)))).await;

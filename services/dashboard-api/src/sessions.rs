@@ -145,6 +145,16 @@ impl SessionStore {
         }))
     }
 
+    /// Whether the session still exists and is within its lifetime, without renewing it (an
+    /// open WebSocket is not activity that keeps a session alive).
+    pub async fn is_live(&self, id: &str) -> Result<bool> {
+        let mut conn = self.pool.get().await?;
+        let created: Option<i64> = conn.hget(self.key(id), "created").await?;
+        let absolute = i64::try_from(self.absolute.as_millis()).unwrap_or(i64::MAX);
+        Ok(created
+            .is_some_and(|c| chrono::Utc::now().timestamp_millis().saturating_sub(c) < absolute))
+    }
+
     /// Ends a session (logout, or the old id at a login).
     pub async fn delete(&self, id: &str) -> Result<()> {
         let mut conn = self.pool.get().await?;

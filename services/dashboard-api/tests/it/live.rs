@@ -175,3 +175,32 @@ async fn shutdown_closes_sockets_as_going_away() -> anyhow::Result<()> {
     stopping.await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_logout_closes_the_sessions_open_sockets() -> anyhow::Result<()> {
+    let env = Env::create().await?;
+    env.users().await?;
+    let app = Running::start(Config {
+        ws_recheck_ms: 200,
+        ..env.config()
+    })
+    .await?;
+    let viewer = app.login("viewer").await?;
+    let mut ws = viewer.websocket("winners").await?;
+    next_snapshot(&mut ws, "winners", Duration::from_secs(5), |_| true).await?;
+    let (status, _, _) = viewer
+        .send(reqwest::Method::POST, "/api/logout", None)
+        .await?;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let code = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                return frame.map(|f| f.code);
+            }
+        }
+        None
+    })
+    .await?;
+    assert_eq!(code, Some(CloseCode::Policy));
+    app.stop().await
+}
