@@ -1,11 +1,18 @@
 //! The event of the aggregator contract (DESIGN §3) and its validation.
 //!
-//! Input arrives as untyped JSON so that a bad event can be reported precisely: which event of
-//! the batch (its index) and which field, rather than serde's first complaint.
+//! A publish body is read once into borrowed raw JSON: each event's fields are checked one by
+//! one, so a bad event is reported precisely (which event of the batch, which field) rather than
+//! by serde's first complaint, and the payload is never built into a tree: it is checked in one
+//! pass over its text ([`payload`]) and carried as that text, numbers exactly as sent, to the
+//! queue and on to Postgres.
+
+mod payload;
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, value::RawValue};
 
 /// Longest `topic`, `event_id` or `source`, in characters.
 pub const MAX_NAME_CHARS: usize = 255;
@@ -23,15 +30,37 @@ const MIN_YEAR: i32 = 1;
 const MAX_YEAR: i32 = 9999;
 
 /// One event: where it belongs (`topic`), its identity within the topic (`event_id`), who sent
-/// it, when it happened and an arbitrary JSON object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// it, when it happened and a JSON object, kept as the text it arrived as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub topic: String,
     pub event_id: String,
     pub timestamp: DateTime<Utc>,
     pub source: String,
-    #[serde(default)]
-    pub payload: Map<String, Value>,
+    #[serde(default = "empty_payload")]
+    pub payload: Box<RawValue>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.topic,
+            &self.event_id,
+            self.timestamp,
+            &self.source,
+            self.payload.get(),
+        ) == (
+            &other.topic,
+            &other.event_id,
+            other.timestamp,
+            &other.source,
+            other.payload.get(),
+        )
+    }
+}
+
+fn empty_payload() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).expect("{} is JSON")
 }
 
 /// Why an event (or a batch of them) was rejected, naming the event's index and the field.
@@ -40,7 +69,7 @@ pub struct Event {
 pub struct ValidationError {
     /// Position of the bad event in the batch; `None` when the batch itself is at fault.
     pub index: Option<usize>,
-    /// The field at fault, e.g. `topic`, or `events` for the batch.
+    /// The field at fault, e.g. `topic`, `payload.items[2].note`, or `events` for the batch.
     pub field: String,
     /// What is wrong with it.
     pub message: String,
@@ -63,62 +92,119 @@ impl ValidationError {
     }
 }
 
+/// Why a publish body was refused: not JSON at all (400), or JSON that breaks the contract (422).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("malformed JSON: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+/// An event's fields as sent, unparsed. `null` and missing are the same (`None`).
+#[derive(Deserialize)]
+struct RawFields<'a> {
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    /// Only for telling `{"events": …}` from a single event; present even when `null`.
+    #[serde(borrow, default, deserialize_with = "present")]
+    events: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
 impl Event {
     /// Validates one event given as JSON; `index` is its position in the batch, for errors.
     ///
     /// Unknown fields are ignored; a missing or `null` payload becomes `{}`.
     pub fn from_json(value: &Value, index: Option<usize>) -> Result<Self, ValidationError> {
-        let err = |field: &str, message: &str| ValidationError::new(index, field, message);
-        let obj = value
-            .as_object()
-            .ok_or_else(|| err("event", "must be a JSON object"))?;
-        let name = |field: &str| -> Result<String, ValidationError> {
-            match obj.get(field) {
-                None | Some(Value::Null) => Err(err(field, "is required")),
-                Some(Value::String(s)) => {
-                    let chars = s.chars().count();
-                    if chars == 0 || chars > MAX_NAME_CHARS {
-                        Err(err(field, "must be 1 to 255 characters long"))
-                    } else if s.contains('\0') {
-                        Err(err(field, NUL_MESSAGE))
-                    } else {
-                        Ok(s.clone())
-                    }
-                }
-                Some(_) => Err(err(field, "must be a string")),
+        let text = value.to_string();
+        let fields = match value {
+            Value::Object(_) => serde_json::from_str::<RawFields<'_>>(&text)
+                .map_err(|e| ValidationError::new(index, "event", e.to_string()))?,
+            _ => {
+                return Err(ValidationError::new(
+                    index,
+                    "event",
+                    "must be a JSON object",
+                ));
             }
         };
-        let topic = name("topic")?;
-        let event_id = name("event_id")?;
-        let source = name("source")?;
-        let timestamp = match obj.get("timestamp") {
-            None | Some(Value::Null) => return Err(err("timestamp", "is required")),
-            Some(Value::String(s)) => parse_timestamp(s)
-                .ok_or_else(|| {
+        Self::from_fields(&fields, index)
+    }
+
+    /// Validates one event from its raw JSON text.
+    fn from_raw(raw: &RawValue, index: Option<usize>) -> Result<Self, ValidationError> {
+        if !raw.get().starts_with('{') {
+            return Err(ValidationError::new(
+                index,
+                "event",
+                "must be a JSON object",
+            ));
+        }
+        let fields = serde_json::from_str::<RawFields<'_>>(raw.get())
+            .map_err(|e| ValidationError::new(index, "event", e.to_string()))?;
+        Self::from_fields(&fields, index)
+    }
+
+    fn from_fields(fields: &RawFields<'_>, index: Option<usize>) -> Result<Self, ValidationError> {
+        let err = |field: &str, message: &str| ValidationError::new(index, field, message);
+        let name = |field: &str, raw: Option<&RawValue>| -> Result<String, ValidationError> {
+            let s = string_field(raw).map_err(|m| err(field, m))?;
+            let chars = s.chars().count();
+            if chars == 0 || chars > MAX_NAME_CHARS {
+                Err(err(field, "must be 1 to 255 characters long"))
+            } else if s.contains('\0') {
+                Err(err(field, payload::NUL_MESSAGE))
+            } else {
+                Ok(s.into_owned())
+            }
+        };
+        let topic = name("topic", fields.topic)?;
+        let event_id = name("event_id", fields.event_id)?;
+        let source = name("source", fields.source)?;
+        let timestamp = string_field(fields.timestamp)
+            .map_err(|m| match m {
+                "must be a string" => err("timestamp", "must be an ISO 8601 date-time string"),
+                m => err("timestamp", m),
+            })
+            .and_then(|s| {
+                parse_timestamp(&s).ok_or_else(|| {
                     err(
                         "timestamp",
                         "must be an ISO 8601 date-time, e.g. 2025-01-31T12:00:00Z",
                     )
                 })
-                .and_then(|t| {
-                    if (MIN_YEAR..=MAX_YEAR).contains(&t.year()) {
-                        Ok(t)
-                    } else {
-                        Err(err(
-                            "timestamp",
-                            "must be within the years 0001 to 9999 (UTC)",
-                        ))
-                    }
-                })?,
-            Some(_) => return Err(err("timestamp", "must be an ISO 8601 date-time string")),
-        };
-        let payload = match obj.get("payload") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map.clone(),
+            })
+            .and_then(|t| {
+                if (MIN_YEAR..=MAX_YEAR).contains(&t.year()) {
+                    Ok(t)
+                } else {
+                    Err(err(
+                        "timestamp",
+                        "must be within the years 0001 to 9999 (UTC)",
+                    ))
+                }
+            })?;
+        let payload = match fields.payload {
+            None => empty_payload(),
+            Some(raw) if raw.get().starts_with('{') => {
+                payload::scan(raw.get())
+                    .map_err(|(path, message)| ValidationError::new(index, &path, message))?;
+                raw.to_owned()
+            }
             Some(_) => return Err(err("payload", "must be a JSON object")),
         };
-        check_storable(&payload, 1, &mut String::from("payload"))
-            .map_err(|(path, message)| ValidationError::new(index, &path, message))?;
         Ok(Self {
             topic,
             event_id,
@@ -127,71 +213,55 @@ impl Event {
             payload,
         })
     }
-}
 
-/// What a client is told about U+0000, which Postgres cannot hold in text or jsonb.
-const NUL_MESSAGE: &str = "must not contain the character U+0000 (Postgres cannot store it)";
-
-/// Checks what Postgres's jsonb would refuse although JSON allows it: U+0000 in a key or a
-/// string, and nesting deeper than [`MAX_PAYLOAD_DEPTH`]. Numbers need no check: serde_json
-/// refuses those outside f64 while parsing and jsonb's numeric holds every f64. On failure,
-/// returns the path of the offending value (`payload.a[2].b`) and what is wrong with it.
-fn check_storable(
-    map: &Map<String, Value>,
-    depth: usize,
-    path: &mut String,
-) -> Result<(), (String, &'static str)> {
-    if depth > MAX_PAYLOAD_DEPTH {
-        return Err((path.clone(), "is nested too deeply (at most 100 levels)"));
-    }
-    for (key, value) in map {
-        let len = path.len();
-        path.push('.');
-        path.push_str(key);
-        if key.contains('\0') {
-            return Err((path.clone(), NUL_MESSAGE));
-        }
-        check_value(value, depth, path)?;
-        path.truncate(len);
-    }
-    Ok(())
-}
-
-fn check_value(
-    value: &Value,
-    depth: usize,
-    path: &mut String,
-) -> Result<(), (String, &'static str)> {
-    match value {
-        Value::String(s) if s.contains('\0') => Err((path.clone(), NUL_MESSAGE)),
-        Value::Object(map) => check_storable(map, depth + 1, path),
-        Value::Array(items) => {
-            if depth + 1 > MAX_PAYLOAD_DEPTH {
-                return Err((path.clone(), "is nested too deeply (at most 100 levels)"));
-            }
-            for (i, item) in items.iter().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                check_value(item, depth + 1, path)?;
-                path.truncate(len);
-            }
-            Ok(())
-        }
-        _ => Ok(()),
+    /// The payload's size in bytes as compact JSON (whitespace between tokens not counted).
+    pub fn payload_len(&self) -> usize {
+        payload::scan(self.payload.get()).unwrap_or(usize::MAX)
     }
 }
 
-/// Validates a publish body: `{"events":[…]}`, a bare array, or a single event.
+/// A string field's value: missing or `null` is "is required", another type "must be a string".
+fn string_field(raw: Option<&RawValue>) -> Result<Cow<'_, str>, &'static str> {
+    let raw = raw.ok_or("is required")?;
+    if !raw.get().starts_with('"') {
+        return Err("must be a string");
+    }
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|_| "must be a valid string")
+}
+
+/// Validates a publish body given as bytes: `{"events":[…]}`, a bare array, or a single event.
 ///
 /// All or nothing: the first bad event rejects the whole batch.
+pub fn parse_body(body: &[u8]) -> Result<Vec<Event>, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        BodyError::Malformed(serde::de::Error::custom(format!("body is not UTF-8: {e}")))
+    })?;
+    let whole: &RawValue = serde_json::from_str(text).map_err(BodyError::Malformed)?;
+    parse_raw_batch(whole).map_err(BodyError::Invalid)
+}
+
+/// Validates a publish body already parsed into a JSON value.
 pub fn parse_batch(body: &Value) -> Result<Vec<Event>, ValidationError> {
-    let items = match body {
-        Value::Array(items) => items,
-        Value::Object(obj) if obj.contains_key("events") => match &obj["events"] {
-            Value::Array(items) => items,
-            _ => return Err(ValidationError::new(None, "events", "must be a list")),
-        },
-        Value::Object(_) => return Event::from_json(body, None).map(|e| vec![e]),
+    let text = body.to_string();
+    let whole: &RawValue = serde_json::from_str(&text)
+        .map_err(|e| ValidationError::new(None, "body", e.to_string()))?;
+    parse_raw_batch(whole)
+}
+
+fn parse_raw_batch(whole: &RawValue) -> Result<Vec<Event>, ValidationError> {
+    let items: Vec<&RawValue> = match whole.get().as_bytes().first() {
+        Some(b'[') => serde_json::from_str(whole.get())
+            .map_err(|e| ValidationError::new(None, "events", e.to_string()))?,
+        Some(b'{') => {
+            let fields = serde_json::from_str::<RawFields<'_>>(whole.get())
+                .map_err(|e| ValidationError::new(None, "event", e.to_string()))?;
+            match fields.events {
+                Some(list) if list.get().starts_with('[') => serde_json::from_str(list.get())
+                    .map_err(|e| ValidationError::new(None, "events", e.to_string()))?,
+                Some(_) => return Err(ValidationError::new(None, "events", "must be a list")),
+                None => return Event::from_fields(&fields, None).map(|e| vec![e]),
+            }
+        }
         _ => {
             return Err(ValidationError::new(
                 None,
@@ -206,7 +276,7 @@ pub fn parse_batch(body: &Value) -> Result<Vec<Event>, ValidationError> {
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| Event::from_json(item, Some(i)))
+        .map(|(i, item)| Event::from_raw(item, Some(i)))
         .collect()
 }
 
@@ -249,7 +319,10 @@ mod tests {
     fn accepts_a_valid_event_and_keeps_the_payload() {
         let e = Event::from_json(&good(), Some(0)).expect("valid");
         assert_eq!(e.topic, "user.login");
-        assert_eq!(Value::Object(e.payload), good()["payload"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(e.payload.get()).expect("json"),
+            good()["payload"]
+        );
     }
 
     #[test]
@@ -358,14 +431,33 @@ mod tests {
     }
 
     #[test]
+    fn a_body_is_parsed_from_bytes_with_the_payload_kept_as_sent() {
+        let body = br#"{"events": [{"topic": "t", "event_id": "1", "source": "s",
+            "timestamp": "2025-01-31T12:00:00Z", "payload": {"big": 123456789012345678901234567890.50}}]}"#;
+        let events = parse_body(body).expect("valid");
+        assert_eq!(
+            events[0].payload.get(),
+            r#"{"big": 123456789012345678901234567890.50}"#
+        );
+        assert!(matches!(parse_body(b"{nope"), Err(BodyError::Malformed(_))));
+        assert!(matches!(parse_body(b"\xff"), Err(BodyError::Malformed(_))));
+        let Err(BodyError::Invalid(err)) = parse_body(br#"[{"topic": "t"}, 5]"#) else {
+            panic!("expected a validation error");
+        };
+        assert_eq!((err.index, err.field.as_str()), (Some(0), "event_id"));
+        let Err(BodyError::Invalid(err)) = parse_body(br#"{"events": null}"#) else {
+            panic!("expected a validation error");
+        };
+        assert_eq!(err.field, "events");
+    }
+
+    #[test]
     fn missing_payload_defaults_to_empty_object() {
         let mut e = good();
         e.as_object_mut().expect("object").remove("payload");
-        assert!(
-            Event::from_json(&e, None)
-                .expect("valid")
-                .payload
-                .is_empty()
+        assert_eq!(
+            Event::from_json(&e, None).expect("valid").payload.get(),
+            "{}"
         );
     }
 

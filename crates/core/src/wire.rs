@@ -3,14 +3,18 @@
 //! Every message carries its version in a `v` tag, so a consumer can refuse (and dead-letter)
 //! what it does not understand instead of misreading it, and a new version can be rolled out
 //! while old messages are still queued.
+//!
+//! Deserializing reads a flat envelope (`v` beside the fields) and then picks the version, by
+//! hand rather than with serde's internally tagged enums: those buffer the input first, and an
+//! event's payload, kept as raw JSON text, cannot be read back from such a buffer.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 use crate::{Error, Event, Result};
 
 /// An event on its way to the aggregator's workers, with the trace id of the request that
 /// accepted it so logs of both sides can be joined.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "v")]
 pub enum EventMessage {
     /// First version: the validated event as is.
@@ -48,7 +52,7 @@ impl EventMessage {
 
 /// A validated batch of events as one queue entry: what the aggregator's `/publish` appends to
 /// its Redis stream, so a batch costs one XADD however many events it holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "v")]
 pub enum BatchMessage {
     /// First version.
@@ -81,6 +85,50 @@ impl BatchMessage {
     /// Decodes JSON bytes; an unknown version or a malformed body is an error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         serde_json::from_slice(bytes).map_err(Error::Wire)
+    }
+}
+
+/// Every version's fields side by side; each version takes what it needs.
+#[derive(Deserialize)]
+struct Envelope {
+    v: String,
+    #[serde(default)]
+    event: Option<Event>,
+    #[serde(default)]
+    events: Option<Vec<Event>>,
+    #[serde(default)]
+    trace_id: Option<String>,
+}
+
+fn unknown_version<E: serde::de::Error>(v: &str) -> E {
+    E::custom(format!("unknown message version {v:?}"))
+}
+
+impl<'de> Deserialize<'de> for EventMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let e = Envelope::deserialize(d)?;
+        match (e.v.as_str(), e.event) {
+            ("1", Some(event)) => Ok(Self::V1 {
+                event,
+                trace_id: e.trace_id,
+            }),
+            ("1", None) => Err(D::Error::missing_field("event")),
+            (v, _) => Err(unknown_version(v)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let e = Envelope::deserialize(d)?;
+        match (e.v.as_str(), e.events) {
+            ("1", Some(events)) => Ok(Self::V1 {
+                events,
+                trace_id: e.trace_id,
+            }),
+            ("1", None) => Err(D::Error::missing_field("events")),
+            (v, _) => Err(unknown_version(v)),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use sluice_core::event::parse_batch;
+use sluice_core::event::parse_body;
 use sluice_resilience::{Backoff, Jitter};
 use tokio_util::sync::CancellationToken;
 
@@ -114,9 +114,8 @@ impl AmqpIngress {
         dead: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let events = serde_json::from_slice(&delivery.data)
-            .map_err(|e| format!("malformed JSON: {e}"))
-            .and_then(|value| parse_batch(&value).map_err(|e| e.to_string()))
+        let events = parse_body(&delivery.data)
+            .map_err(|e| e.to_string())
             .and_then(|events| {
                 if events.len() > self.max_batch_events {
                     Err(format!("more than {} events", self.max_batch_events))

@@ -22,7 +22,7 @@ use axum::{
 use serde_json::{Value, json};
 use sluice_core::{
     Event, ValidationError,
-    event::parse_batch,
+    event::{BodyError, parse_body},
     health::Health,
     telemetry::{HttpMetrics, Metrics},
     wire::BatchMessage,
@@ -148,9 +148,11 @@ pub(crate) async fn publish(
     let bytes: Bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| reject("too_large", ApiError::TooLarge(limit)))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| reject("malformed_json", ApiError::BadJson(e.to_string())))?;
-    let events = parse_batch(&value).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
+    // Parsed once into raw JSON: the payloads are checked in place and queued as sent.
+    let events = parse_body(&bytes).map_err(|e| match e {
+        BodyError::Malformed(e) => reject("malformed_json", ApiError::BadJson(e.to_string())),
+        BodyError::Invalid(e) => reject("validation", ApiError::Invalid(e)),
+    })?;
     check_limits(&state.config, &events).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
     let count = events.len();
     let trace_id = headers
@@ -233,7 +235,7 @@ fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError
         });
     }
     for (i, event) in events.iter().enumerate() {
-        let size = serialized_len(&event.payload);
+        let size = event.payload_len();
         if size > config.max_payload_bytes {
             return Err(ValidationError {
                 index: Some(i),
@@ -243,26 +245,6 @@ fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError
         }
     }
     Ok(())
-}
-
-/// Bytes of the compact JSON of `value`, counted without building the string (this runs for
-/// every event of every request; the batch itself is serialised once, for the queue).
-fn serialized_len(value: &impl serde::Serialize) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    match serde_json::to_writer(&mut counter, value) {
-        Ok(()) => counter.0,
-        Err(_) => usize::MAX,
-    }
 }
 
 /// The latest stored events, newest first.
@@ -346,15 +328,6 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
-
-    #[test]
-    fn counts_serialized_bytes_like_to_vec() {
-        let v = serde_json::json!({"a": [1, 2.5, "é"], "b": {"c": null}});
-        assert_eq!(
-            serialized_len(&v),
-            serde_json::to_vec(&v).expect("json").len()
-        );
-    }
 
     #[test]
     fn json_content_types() {

@@ -24,7 +24,6 @@ use sluice_core::Event;
 use sqlx::{
     PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgPoolOptions},
-    types::Json,
 };
 
 use crate::{Error, Result, queue::EntryId};
@@ -55,6 +54,20 @@ pub struct Counters {
     pub duplicate_dropped: i64,
 }
 
+/// JSON text from Postgres, served as it is (not through `serde_json::Value`, which would turn
+/// numbers into 64-bit floats).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl TryFrom<String> for RawJson {
+    type Error = serde_json::Error;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        serde_json::value::RawValue::from_string(text).map(Self)
+    }
+}
+
 /// An event as `/events` returns it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StoredEvent {
@@ -62,7 +75,9 @@ pub struct StoredEvent {
     pub event_id: String,
     pub timestamp: DateTime<Utc>,
     pub source: String,
-    pub payload: serde_json::Value,
+    /// As Postgres prints the jsonb: numbers exactly as stored.
+    #[sqlx(try_from = "String")]
+    pub payload: RawJson,
     pub processed_at: DateTime<Utc>,
 }
 
@@ -221,7 +236,7 @@ impl Store {
 
     /// The latest stored events, newest `processed_at` first.
     pub async fn recent(&self, topic: Option<&str>, limit: i64) -> Result<Vec<StoredEvent>> {
-        const COLUMNS: &str = "SELECT topic, event_id, timestamp, source, payload, processed_at FROM processed_events";
+        const COLUMNS: &str = "SELECT topic, event_id, timestamp, source, payload::text AS payload, processed_at FROM processed_events";
         let rows = match topic {
             Some(topic) => {
                 sqlx::query_as(&format!(
@@ -322,11 +337,12 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[&Event]) ->
         ids.push(e.event_id.as_str());
         sources.push(e.source.as_str());
         times.push(e.timestamp);
-        payloads.push(Json(&e.payload));
+        payloads.push(e.payload.get());
     }
     let result = sqlx::query(
         "INSERT INTO processed_events (topic, event_id, source, timestamp, payload)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])
+         SELECT t, e, s, ts, p::jsonb
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) AS u(t, e, s, ts, p)
          ON CONFLICT (topic, event_id) DO NOTHING",
     )
     .bind(&topics)
