@@ -13,7 +13,7 @@ LOG := .deps/make-test.log
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/sluice
 export REDIS_URL ?= redis://127.0.0.1:6379
 
-.PHONY: help up down deps deps-up dev-db run stop test lint lint-deploy fmt bench doc schemathesis compose-check
+.PHONY: help up down deps deps-down deps-up dev-db run stop test lint lint-deploy fmt bench doc schemathesis compose-check
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ down: ## stop the containers
 
 deps: ## install and start the local dependency servers (no Docker needed)
 	@scripts/deps.sh
+
+deps-down: ## stop the dependency servers that scripts/deps.sh started (and nothing else)
+	@scripts/deps.sh down
 
 deps-up: ## dependencies only, in containers, for `cargo run -p …`
 	docker compose up -d postgres redis rabbitmq kafka mongo

