@@ -41,7 +41,8 @@ say() { printf '%-10s %-5s %s\n' "$1" "$2" "$3"; }
 fail() { say "$1" FAIL "$2" >&2; exit 1; }
 # Anything that fails without its own message still names a log: the one of the current step.
 step_log=$deps_dir/deps.log
-trap 'rc=$?; say deps.sh FAIL "line $LINENO: \`$BASH_COMMAND\` exited $rc; see $step_log"; exit $rc' ERR
+on_err() { say deps.sh FAIL "line $2: \`$3\` exited $1; see $step_log" >&2; exit "$1"; }
+trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -213,7 +214,8 @@ pg_start() {
   local log=$deps_dir/postgres/postgres.log version data
   mkdir -p "$deps_dir/postgres"
   step_log=$log
-  [ -d /etc/postgresql ] && [ -n "$(ls /etc/postgresql)" ] || apt_ensure postgresql
+  if [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then apt_ensure postgresql; fi
+  # shellcheck disable=SC2012  # cluster versions are plain numbers
   version=$(ls /etc/postgresql | sort -V | tail -n1)
   pg_trust "$version"
   local server_log=/var/log/postgresql/postgresql-$version-main.log
