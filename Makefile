@@ -48,7 +48,7 @@ dev-db:
 	  || psql "$${DATABASE_URL%/*}/postgres" -qc 'CREATE DATABASE "'"$${DATABASE_URL##*/}"'"'
 
 # Quiet on success, loud on failure: each step's output goes to $(LOG) and is shown when it fails.
-test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + all tests
+test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + all tests + compose-check
 	@mkdir -p .deps; : > $(LOG)
 	@step() { echo "== $$1" >> $(LOG); shift; if ! "$$@" >> $(LOG) 2>&1; then cat $(LOG); echo "FAILED: $$*"; exit 1; fi; }; \
 	step "format" $(CARGO) fmt --all --check; \
@@ -62,6 +62,9 @@ test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + al
 	  $(CARGO) test --workspace --locked; \
 	fi
 	@$(MAKE) --no-print-directory schemathesis
+	@scripts/compose-check.sh --if-possible > .deps/compose-check.log 2>&1 \
+	  || { cat .deps/compose-check.log; echo "FAILED: scripts/compose-check.sh (make compose-check)"; exit 1; }
+	@tail -n1 .deps/compose-check.log
 
 schemathesis: ## requests generated from the aggregator's OpenAPI document against a live aggregator
 	@$(CARGO) build -q -p sluice-aggregator --bin sluice-aggregator --locked
