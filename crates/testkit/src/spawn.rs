@@ -68,6 +68,8 @@ impl ChildService {
         command
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
+            // The log lines are read as JSON, whatever the developer's shell exports.
+            .env("SLUICE_LOG_FORMAT", "json")
             .kill_on_drop(true);
         let mut child = command
             .spawn()

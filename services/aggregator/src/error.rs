@@ -198,3 +198,28 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refused_data_is_permanent_and_unknown_failures_are_outages() {
+        let poison = Error::Poison {
+            entry_id: "1-0".into(),
+            reason: "x".into(),
+        };
+        assert_eq!(poison.write_failure(), WriteFailure::Refused);
+        assert!(poison.is_permanent());
+        // Connection-level failures never dead-letter anything: the entries wait.
+        for outage in [
+            Error::Database(sqlx::Error::PoolTimedOut),
+            Error::Database(sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            ))),
+            Error::RedisTimeout(Duration::from_secs(1)),
+        ] {
+            assert_eq!(outage.write_failure(), WriteFailure::Outage, "{outage}");
+        }
+    }
+}

@@ -418,3 +418,31 @@ impl Consumer {
         &self.stream
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_parse_and_order_numerically() {
+        let a = EntryId::parse("1700000000000-9").expect("id");
+        let b = EntryId::parse("1700000000000-10").expect("id");
+        let c = EntryId::parse("1700000000001-0").expect("id");
+        assert!(a < b && b < c, "by millisecond, then sequence, as numbers");
+        for not_stream in ["amqp:abc", "amqp:fnv:00ff", "17-", "-3", "x-1", ""] {
+            assert_eq!(EntryId::parse(not_stream), None, "{not_stream}");
+        }
+    }
+
+    #[test]
+    fn an_entry_without_its_batch_field_has_no_payload() {
+        let mut map = HashMap::new();
+        map.insert("other".to_owned(), Value::BulkString(b"x".to_vec()));
+        let entry = Entry::from(StreamId {
+            id: "1-0".into(),
+            map,
+            ..StreamId::default()
+        });
+        assert_eq!((entry.id.as_str(), entry.payload), ("1-0", None));
+    }
+}

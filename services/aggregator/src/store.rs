@@ -354,3 +354,37 @@ async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[&Event]) ->
     .await?;
     Ok(result.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(topic: &str) -> Event {
+        let v = serde_json::json!({"topic": topic, "event_id": "1", "source": "s",
+                                   "timestamp": "2025-01-01T00:00:00Z"});
+        Event::from_json(&v, None).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn only_topics_not_seen_yet_are_written_each_once() {
+        // A lazy pool never connects until used: no database needed here.
+        let store = Store::connect_lazy("postgres://nobody@127.0.0.1:1/none", 1, 1).expect("store");
+        let (a, b) = (event("a"), event("b"));
+        assert_eq!(store.unknown_topics(&[&b, &a, &b]), ["a", "b"]);
+        store.remember_topics(vec!["a".into()]);
+        assert_eq!(store.unknown_topics(&[&a, &b]), ["b"]);
+    }
+
+    #[test]
+    fn a_bad_database_url_names_the_setting() {
+        let err = Store::connect_lazy("not a url", 1, 1).expect_err("invalid");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn stored_payloads_are_served_as_the_text_postgres_printed() {
+        let raw = RawJson::try_from(r#"{"n": 1.50}"#.to_owned()).expect("json");
+        assert_eq!(serde_json::to_string(&raw).expect("json"), r#"{"n": 1.50}"#);
+        assert!(RawJson::try_from("{".to_owned()).is_err());
+    }
+}

@@ -335,3 +335,35 @@ async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) {
         () = shutdown.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(payload: Option<&str>) -> Entry {
+        Entry {
+            id: "1-0".into(),
+            payload: payload.map(|p| p.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn decodes_a_batch_and_names_why_an_entry_cannot_be_read() {
+        let batch = r#"{"v":"1","events":[{"topic":"t","event_id":"1","source":"s",
+            "timestamp":"2025-01-01T00:00:00Z","payload":{"n":1.50}}]}"#;
+        let events = decode(&entry(Some(batch))).expect("decodes");
+        assert_eq!(
+            events[0].payload.get(),
+            r#"{"n":1.50}"#,
+            "payload kept as sent"
+        );
+        assert_eq!(
+            decode(&entry(None)).expect_err("no field"),
+            "entry has no batch field"
+        );
+        for bad in ["not json", r#"{"v":"9","events":[]}"#, r#"{"v":"1"}"#] {
+            let reason = decode(&entry(Some(bad))).expect_err(bad);
+            assert!(reason.starts_with("undecodable batch:"), "{reason}");
+        }
+    }
+}
