@@ -57,14 +57,17 @@ test: deps ## deps + fmt check + clippy -D warnings + compose/alerts checks + al
 	step "doc tests" $(CARGO) test --workspace --doc --locked; \
 	echo "format, clippy, deploy files, doc tests: ok"
 	@if command -v cargo-nextest >/dev/null; then \
-	  $(CARGO) nextest run --workspace --locked --status-level fail --final-status-level slow --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --locked --status-level fail --final-status-level slow --no-fail-fast \
+	    2>&1 | tee .deps/nextest.log; \
 	else \
-	  $(CARGO) test --workspace --locked; \
+	  $(CARGO) test --workspace --locked 2>&1 | tee .deps/nextest.log; \
 	fi
 	@$(MAKE) --no-print-directory schemathesis
 	@scripts/compose-check.sh --if-possible > .deps/compose-check.log 2>&1 \
 	  || { cat .deps/compose-check.log; echo "FAILED: scripts/compose-check.sh (make compose-check)"; exit 1; }
 	@tail -n1 .deps/compose-check.log
+	@# The test runner's own summary closes the output, as CI reads it.
+	@{ grep -E '^ +Summary .* tests? run|^test result:' .deps/nextest.log || true; } | tail -n1
 
 schemathesis: ## requests generated from the aggregator's OpenAPI document against a live aggregator
 	@$(CARGO) build -q -p sluice-aggregator --bin sluice-aggregator --locked
