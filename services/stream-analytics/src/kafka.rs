@@ -1,13 +1,16 @@
 //! The Kafka side: a consumer in a group with manual offsets (nothing is committed or stored
 //! automatically), rebalance events handed to the pipeline, and the dead-letter producer.
 
-use std::{sync::Mutex, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use rdkafka::{
-    ClientConfig, ClientContext, Message, TopicPartitionList,
+    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+    config::RDKafkaLogLevel,
     consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
     message::{BorrowedMessage, Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
+    types::RDKafkaRespErr,
 };
 
 use crate::{Config, Error, Result};
@@ -19,13 +22,23 @@ pub(crate) enum RebalanceEvent {
     Revoked(Vec<(String, i32)>),
 }
 
-/// Collects rebalance events; the rdkafka callback must not block, so it only records them.
+/// Collects rebalance events (the callback must not block, so it only records them) and
+/// starts each assigned partition at MongoDB's offset.
 #[derive(Debug, Default)]
 pub(crate) struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
+    /// `topic|partition` → MongoDB's stored offset, refreshed by every flush.
+    stored: Mutex<HashMap<String, i64>>,
 }
 
 impl GroupContext {
+    /// Replaces the known stored offsets.
+    pub(crate) fn set_stored_offsets(&self, offsets: &HashMap<String, i64>) {
+        if let Ok(mut stored) = self.stored.lock() {
+            stored.clone_from(offsets);
+        }
+    }
+
     /// The events since the last call, oldest first.
     pub(crate) fn take_events(&self) -> Vec<RebalanceEvent> {
         self.events
@@ -42,9 +55,63 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's own log lines, into the service's JSON logs.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
+    /// The default rebalance, except that an assignment starts every partition at the offset
+    /// MongoDB holds (offset 0 for a partition never stored), not at Kafka's committed one:
+    /// MongoDB's offsets are the truth, Kafka's commit only follows them. The offsets known
+    /// here may trail MongoDB's by a flush (another replica's writes); starting earlier is
+    /// safe, since the pipeline skips what the partition's stored state already holds.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::Consumer as _;
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut start = TopicPartitionList::new();
+                let stored = self.stored.lock().map(|s| s.clone()).unwrap_or_default();
+                for e in tpl.elements() {
+                    let next = stored
+                        .get(&crate::store::tp_id(e.topic(), e.partition()))
+                        .copied()
+                        .unwrap_or(0);
+                    let _ =
+                        start.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
+                }
+                consumer.assign(&start)
+            }
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = outcome {
+            tracing::error!(%error, "applying the rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let event = match rebalance {
             Rebalance::Assign(tpl) => RebalanceEvent::Assigned(partitions(tpl)),

@@ -208,7 +208,7 @@ impl App {
             Config::ms(config.shutdown_timeout_ms),
         );
         let lag = tokio::spawn(report_lag(
-            consumer,
+            consumer.clone(),
             pipeline.positions.clone(),
             analytics,
             shutdown.clone(),
@@ -225,6 +225,11 @@ impl App {
             tracing::warn!(?wait, "pipeline did not stop in time");
         }
         lag.abort();
+        // Every Kafka client is gone before returning: librdkafka threads outliving the app
+        // have crashed test processes at exit.
+        let _ = lag.await;
+        drop(health);
+        drop(consumer);
         tracing::info!("stream analytics stopped");
         Ok(served?)
     }

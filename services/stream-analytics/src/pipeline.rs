@@ -18,6 +18,7 @@ use rdkafka::{
     consumer::{CommitMode, Consumer as _},
     message::BorrowedMessage,
     producer::FutureProducer,
+    producer::Producer as _,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -195,6 +196,9 @@ impl Pipeline {
                 "final flush did not finish; the next start replays it"
             );
         }
+        if let Err(err) = self.dead_letters.flush(Duration::from_secs(5)) {
+            tracing::warn!(error = %err, "dead-letter producer did not flush");
+        }
         tracing::info!(partitions = self.parts.len(), "pipeline stopped");
     }
 
@@ -334,6 +338,7 @@ impl Pipeline {
         let Some(offsets) = retry("read offsets", stop, metrics, || store.offsets()).await else {
             return false;
         };
+        self.consumer.context().set_stored_offsets(&offsets);
         let others_changed = match &self.derived_from {
             None => true,
             Some(before) => offsets

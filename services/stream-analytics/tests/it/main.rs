@@ -1,0 +1,8 @@
+//! Integration tests of sluice-analytics against the real Kafka-protocol broker and
+//! MongoDB-protocol server of scripts/deps.sh.
+
+mod crash;
+mod data;
+mod dead_letters;
+mod results;
+mod support;
