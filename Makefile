@@ -5,7 +5,7 @@ SHELL := bash
 
 CARGO ?= cargo
 # Services built so far: directory under services/ = package sluice-<name> (see scripts/run.sh).
-SERVICES := aggregator dashboard
+SERVICES := aggregator analytics dashboard
 # Arguments for `make dev-<service>`, e.g. make dev-producer ARGS="run --source synthetic --sink redis"
 ARGS ?=
 LOG := .deps/make-test.log

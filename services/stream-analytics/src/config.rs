@@ -60,7 +60,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             host: "0.0.0.0".into(),
-            port: 8080,
+            port: 8082,
             kafka_brokers: "localhost:9092".into(),
             mongodb_url: Secret::new("mongodb://localhost:27017/?directConnection=true".into()),
             database: "stock_management".into(),
