@@ -19,7 +19,7 @@
 #   SLUICE_CHECK_CARGO_BUILD=no  take target/<profile>/sluice-* as they are (`make test`: its
 #                              nextest run has just built them; a `cargo build --bin …` would
 #                              rebuild dependencies with other features)
-#   SLUICE_DEMO_EVENTS         events of the demo producer run (default 20000; compose.yaml's
+#   SLUICE_DEMO_EVENTS         events of the demo producer run (default 10000; compose.yaml's
 #                              own default, for users, is 100000)
 #   SLUICE_CHECK_HEALTHY_WITHIN  seconds for every service to become healthy (default 180)
 #   SLUICE_CHECK_PROJECT       compose project name (default sluice-check)
@@ -32,7 +32,7 @@ cd "$repo"
 cache_dir=${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}
 work=$cache_dir/compose-check
 profile=${SLUICE_CHECK_PROFILE:-debug}
-export SLUICE_DEMO_EVENTS=${SLUICE_DEMO_EVENTS:-20000}
+export SLUICE_DEMO_EVENTS=${SLUICE_DEMO_EVENTS:-10000}
 healthy_within=${SLUICE_CHECK_HEALTHY_WITHIN:-180}
 project=${SLUICE_CHECK_PROJECT:-sluice-check}
 if_possible=; [ "${1:-}" = --if-possible ] && if_possible=1
@@ -419,6 +419,28 @@ done
 events=$(http "$agg/events?topic=user.login&limit=10")
 grep -q '"e-1"' <<<"$events" || fail "/events?topic=user.login has no e-1: $events" aggregator
 ok "${#quick[@]} commands; the published event is stored and listed"
+
+# --- the dashboard's API ---------------------------------------------------------------------
+if grep -qx dashboard < <(printf '%s\n' "${built[@]%% *}"); then
+  step "dashboard API: login, /api/system, /api/results"
+  read -r admin_user admin_pass < <("${compose_cmd[@]}" -f compose.yaml config | python3 -c '
+import sys, yaml
+e = yaml.safe_load(sys.stdin)["services"]["dashboard"].get("environment") or {}
+print(e.get("SLUICE_DASHBOARD_ADMIN_USER", ""), e.get("SLUICE_DASHBOARD_ADMIN_PASSWORD", ""))')
+  [ -n "$admin_pass" ] || fail "compose.yaml gives the dashboard no SLUICE_DASHBOARD_ADMIN_PASSWORD"
+  dash=http://127.0.0.1:${SLUICE_PORT_DASHBOARD:-8083}
+  jar=$work/dashboard.cookies; rm -f "$jar"
+  login=$(http -c "$jar" -H 'content-type: application/json' \
+    -d "{\"name\": \"$admin_user\", \"password\": \"$admin_pass\"}" "$dash/api/login") \
+    || fail "POST /api/login as $admin_user failed" dashboard
+  [ "$(json 'd["role"]' <<<"$login")" = admin ] || fail "login answered $login" dashboard
+  got=$(http -b "$jar" "$dash/api/system" | json '"%d %d %d" % (d["aggregator"]["received"], d["aggregator"]["unique_processed"], d["aggregator"]["duplicate_dropped"])') \
+    || fail "GET /api/system failed" dashboard
+  [ "$got" = "$want" ] || fail "/api/system shows the aggregator at $got, /stats at $want" dashboard
+  http -b "$jar" "$dash/api/results/winners" | json 'd["collection"]' >/dev/null \
+    || fail "GET /api/results/winners failed (MongoDB)" dashboard mongo
+  ok "the aggregator's counts as in /stats; results readable"
+fi
 
 # --- Prometheus ------------------------------------------------------------------------------
 # promql QUERY: the number of series in the answer.
