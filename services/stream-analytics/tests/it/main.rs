@@ -4,5 +4,6 @@
 mod crash;
 mod data;
 mod dead_letters;
+mod faults;
 mod results;
 mod support;

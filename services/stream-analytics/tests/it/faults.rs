@@ -1,0 +1,72 @@
+//! MongoDB unreachable for 10 s: consumption pauses, nothing is stored or committed, and the
+//! results are exact once it is back.
+
+use std::{net::SocketAddr, time::Duration};
+
+use sluice_core::config::Secret;
+use sluice_testkit::{FaultProxy, eventually};
+use tokio::time::Instant;
+
+use crate::{
+    data::{client_msgs, expected, inventory, inventory_msg, sale, sale_msg},
+    support::{TestEnv, metric, start},
+};
+
+const SALES: usize = 30_000;
+
+fn mongo_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split(['/', '?']).next().unwrap_or_default();
+    Ok(host_port.parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result<()> {
+    let env = TestEnv::create().await?;
+    let proxy = FaultProxy::start(mongo_addr(env.mongo.url())?).await?;
+    let products = inventory();
+    let sales: Vec<_> = (0..SALES).map(sale).collect();
+    env.produce(&products.iter().map(inventory_msg).collect::<Vec<_>>())
+        .await?;
+    env.produce(&client_msgs()).await?;
+    env.produce(&sales.iter().map(sale_msg).collect::<Vec<_>>())
+        .await?;
+    let mut config = env.config();
+    config.mongodb_url = Secret::new(format!(
+        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
+        proxy.addr()
+    ));
+    let (app, metrics) = start(config).await?;
+    eventually("some sales stored", Duration::from_secs(60), || async {
+        (env.sales_done().await.ok()? > 0).then_some(())
+    })
+    .await?;
+    proxy.refuse();
+    let down_at = Instant::now();
+    let errors = metric(&metrics.render(), "analytics_store_errors_total");
+    eventually("flushes failing", Duration::from_secs(30), || async {
+        (metric(&metrics.render(), "analytics_store_errors_total") > errors).then_some(())
+    })
+    .await?;
+    let stored_during = env.sales_done().await?;
+    assert!(
+        stored_during < SALES as i64,
+        "the outage must come mid-stream"
+    );
+    tokio::time::sleep_until(down_at + Duration::from_secs(10)).await; // the outage itself
+    assert_eq!(
+        env.sales_done().await?,
+        stored_during,
+        "nothing stored while down"
+    );
+    let text = metrics.render();
+    assert!(
+        metric(&text, "analytics_store_errors_total") >= errors + 2.0,
+        "{text}"
+    );
+    proxy.restore();
+    env.wait_exact(&expected(&sales, &products), Duration::from_secs(90))
+        .await?;
+    app.stop(Duration::from_secs(20)).await??;
+    Ok(())
+}
