@@ -259,5 +259,12 @@ async fn websocket(
             every: crate::Config::ms(state.config.ws_recheck_ms),
         },
     };
+    // Clients only ever send pings and a close: small buffers and a small message limit (the
+    // default allows 64 MiB) keep each socket's memory bounded.
+    let upgrade = upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024);
     Ok(upgrade.on_upgrade(move |socket| live::serve_client(socket, ctx, topics)))
 }

@@ -73,7 +73,7 @@ async fn a_client_that_never_reads_does_not_delay_one_that_does() -> anyhow::Res
     env.users().await?;
     let config = Config {
         client_queue: 4,
-        send_timeout_ms: 3_000,
+        send_timeout_ms: 8_000,
         ..env.config()
     };
     let app = Running::start(config).await?;
@@ -128,12 +128,12 @@ async fn a_client_that_never_reads_does_not_delay_one_that_does() -> anyhow::Res
         latencies.len()
     );
     assert!(
-        worst < Duration::from_secs(1),
-        "worst latency {worst:?} (the slow client's send timeout is 3 s)"
+        worst < Duration::from_secs(2),
+        "worst latency {worst:?} (the slow client's send timeout is 8 s)"
     );
     let metrics = sluice_testkit::eventually(
         "the slow client dropped",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async {
             let text = reqwest::get(app.url("/metrics"))
                 .await
