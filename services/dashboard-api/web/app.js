@@ -30,6 +30,7 @@ function svg(tag, attrs, ...children) {
   return e;
 }
 
+const named = (name, id) => (name ? `${name} (${id})` : id);
 const money = (cents) => (cents == null ? '–' : (Number(cents) / 100).toFixed(2));
 
 async function api(method, path, body) {
@@ -113,14 +114,14 @@ function reasonText(r) {
 const renderers = {
   winners(d) {
     return table('Product winners', [
-      ['#', (r) => r.rank, 'num'], ['Product', (r) => `${r.name ?? ''} (${r.product_id})`],
+      ['#', (r) => r.rank, 'num'], ['Product', (r) => named(r.name, r.product_id)],
       ['Category', (r) => r.category], ['Units', (r) => r.units, 'num'],
       ['Revenue', (r) => r.revenue ?? money(r.revenue_cents), 'num'], ['Profit', (r) => r.profit ?? money(r.profit_cents), 'num'],
     ], d.rows);
   },
   loss_risk(d) {
     return table('Loss-risk products', [
-      ['Product', (r) => `${r.name ?? ''} (${r.product_id})`], ['Category', (r) => r.category],
+      ['Product', (r) => named(r.name, r.product_id)], ['Category', (r) => r.category],
       ['Reasons', (r) => el('ul', { class: 'reasons' }, ...(r.reasons || []).map((x) => el('li', { text: reasonText(x) })))],
       ['Expires in', (r) => (r.days_to_expiry == null ? '–' : `${r.days_to_expiry} d`), 'num'],
       ['Margin', (r) => (r.margin_bp == null ? '–' : `${(r.margin_bp / 100).toFixed(1)} %`), 'num'],
@@ -129,7 +130,7 @@ const renderers = {
   },
   clients(d) {
     return table('Clients', [
-      ['Client', (r) => `${r.name ?? ''} (${r.client_id})`], ['Tier', (r) => r.loyalty_tier],
+      ['Client', (r) => named(r.name, r.client_id)], ['Tier', (r) => r.loyalty_tier],
       ['Revenue', (r) => r.revenue ?? money(r.revenue_cents), 'num'], ['Invoices', (r) => r.invoices, 'num'],
       ['Promo', (r) => el('span', { class: r.eligible_promo ? 'yes' : 'no', text: r.eligible_promo ? `eligible: ${r.promo_rule || ''}` : 'not eligible' })],
     ], d.rows);

@@ -19,13 +19,13 @@ use tokio::process::{Child, Command};
 use crate::support::{Env, PASSWORD, Running};
 
 /// A chromedriver of this test, killed when dropped.
-struct Driver {
+pub(crate) struct Driver {
     _child: Child,
     url: String,
 }
 
 impl Driver {
-    async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -53,7 +53,7 @@ impl Driver {
     }
 
     /// A fresh headless browser (its own profile, so its own cookies) of `width` × `height`.
-    async fn browser(&self, width: u32, height: u32) -> anyhow::Result<Browser> {
+    pub(crate) async fn browser(&self, width: u32, height: u32) -> anyhow::Result<Browser> {
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
@@ -75,7 +75,7 @@ fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots")
 }
 
-async fn screenshot(b: &Browser, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn screenshot(b: &Browser, name: &str) -> anyhow::Result<()> {
     let dir = screenshot_dir();
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join(format!("{name}.png")), b.screenshot().await?)?;
@@ -87,7 +87,12 @@ async fn js(b: &Browser, script: &str) -> anyhow::Result<Value> {
 }
 
 /// Waits until `script` returns true.
-async fn until(b: &Browser, what: &str, timeout: Duration, script: &str) -> anyhow::Result<()> {
+pub(crate) async fn until(
+    b: &Browser,
+    what: &str,
+    timeout: Duration,
+    script: &str,
+) -> anyhow::Result<()> {
     eventually(what, timeout, || async move {
         (js(b, script).await.ok()? == Value::Bool(true)).then_some(())
     })
@@ -95,7 +100,7 @@ async fn until(b: &Browser, what: &str, timeout: Duration, script: &str) -> anyh
 }
 
 /// Opens the page and logs in through the form, as a person would (keyboard only).
-async fn log_in(b: &Browser, base: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn log_in(b: &Browser, base: &str, name: &str) -> anyhow::Result<()> {
     b.goto(base).await?;
     until(
         b,

@@ -4,6 +4,7 @@
 mod auth;
 mod browser;
 mod data;
+mod end_to_end;
 mod live;
 mod roles;
 mod sessions;
