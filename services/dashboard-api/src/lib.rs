@@ -146,7 +146,7 @@ impl App {
             config.redis_url.expose().as_str(),
         )?)
         .await?;
-        let limiter = |kind: &str, per_minute: u32| {
+        let limiter = |kind: &str, per_minute: u32, setting: &'static str| {
             let prefix = format!("{}login:{kind}:", config.redis_prefix);
             RedisLimiter::new(
                 limiter_conn.clone(),
@@ -156,12 +156,20 @@ impl App {
             )
             .map(|l| l.with_failure_mode(FailureMode::Closed))
             .map_err(|e| Error::Config {
-                setting: "SLUICE_DASHBOARD_LOGIN_PER_USER_PER_MINUTE",
+                setting,
                 reason: e.to_string(),
             })
         };
-        let login_per_ip = limiter("ip", config.login_per_ip_per_minute)?;
-        let login_per_user = limiter("user", config.login_per_user_per_minute)?;
+        let login_per_ip = limiter(
+            "ip",
+            config.login_per_ip_per_minute,
+            "SLUICE_DASHBOARD_LOGIN_PER_IP_PER_MINUTE",
+        )?;
+        let login_per_user = limiter(
+            "user",
+            config.login_per_user_per_minute,
+            "SLUICE_DASHBOARD_LOGIN_PER_USER_PER_MINUTE",
+        )?;
         let sessions = SessionStore::new(
             redis.clone(),
             &config.redis_prefix,
