@@ -442,6 +442,42 @@ print(e.get("SLUICE_DASHBOARD_ADMIN_USER", ""), e.get("SLUICE_DASHBOARD_ADMIN_PA
   ok "the aggregator's counts as in /stats; results readable"
 fi
 
+# --- retail events → Kafka → analytics → MongoDB → the dashboard ----------------------------
+if grep -qx analytics < <(printf '%s\n' "${built[@]%% *}") && [ -n "${jar:-}" ]; then
+  step "retail -> Kafka -> analytics -> MongoDB -> dashboard"
+  retail_total=500
+  "${compose[@]}" run --rm --no-deps producer run --source synthetic --scenario retail --sink kafka \
+    --total-events "$retail_total" --checkpoint-file /tmp/retail-checkpoint.json >"$work/retail.log" 2>&1 \
+    || { tail -20 "$work/retail.log"; fail "the retail producer run failed" kafka; }
+  grep -q "\"run finished\",\"read\":$retail_total,\"sent\":$retail_total,\"dead_lettered\":0" "$work/retail.log" \
+    || { tail -20 "$work/retail.log"; fail "the retail run did not send all $retail_total records" kafka; }
+  # The generator's fixed mix (synthetic.rs): record i is a sale when i % 10 < 6, an inventory
+  # update when i % 10 < 9, else a client; the analytics service must apply each exactly once.
+  want_retail=$(python3 -c 'import sys; n=int(sys.argv[1]); r=[i % 10 for i in range(n)]; print(sum(x < 6 for x in r), sum(6 <= x < 9 for x in r), sum(x == 9 for x in r))' "$retail_total")
+  analytics_counts() {
+    http "http://127.0.0.1:${SLUICE_PORT_ANALYTICS:-8082}/metrics" | python3 -c '
+import re, sys
+n = {}
+for line in sys.stdin:
+    m = re.match(r"analytics_messages_total\{(.*)\} (\S+)", line)
+    if m:
+        labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", m.group(1)))
+        key = labels["topic"] if labels["outcome"] != "dead_lettered" else "dead"
+        n[key] = n.get(key, 0) + int(float(m.group(2)))
+print(n.get("topic-raw-sales", 0), n.get("topic-inventory-updates", 0), n.get("topic-clients", 0), n.get("dead", 0))'
+  }
+  deadline=$((SECONDS + 90))
+  until got=$(analytics_counts) && [ "$got" = "$want_retail 0" ]; do
+    ((SECONDS < deadline)) || fail "analytics applied (sales inventory clients dead-lettered) $got, expected $want_retail 0" analytics
+    sleep 1
+  done
+  until rows=$(http -b "$jar" "$dash/api/results/winners" | json 'len(d["rows"])') && [ "$rows" -ge 1 ]; do
+    ((SECONDS < deadline)) || fail "the dashboard shows no product winners" analytics dashboard mongo
+    sleep 1
+  done
+  ok "$retail_total records applied as $want_retail (sales inventory clients); $rows winners"
+fi
+
 # --- Prometheus ------------------------------------------------------------------------------
 # promql QUERY: the number of series in the answer.
 promql() { http "$prom/api/v1/query" --data-urlencode "query=$1" | json 'len(d["data"]["result"])'; }
