@@ -186,6 +186,14 @@ async fn each_role_sees_only_its_views_at_1280_and_390_px() -> anyhow::Result<()
             .await?;
         }
         screenshot(&b, &format!("{role}-1280")).await?;
+        if role == "admin" {
+            js(
+                &b,
+                "document.getElementById('view-system').scrollIntoView(); return true",
+            )
+            .await?;
+            screenshot(&b, "admin-system-1280").await?;
+        }
         b.set_window_size(390, 1600).await?;
         let (inner, scroll) = (
             js(&b, "return window.innerWidth").await?,
