@@ -13,7 +13,7 @@
 //! - `store`: MongoDB: state, offsets and results, and the write order that makes replays
 //!   exact without transactions.
 //! - `kafka`: the consumer group (manual offsets), rebalance events, dead letters.
-//! - `pipeline`: consume → apply → flush → commit.
+//! - `pipeline`: consume → apply → flush → commit; `retry`: backoff until success or stop.
 //! - `metrics`: Prometheus metrics (messages, dead letters, flush latency and age, lag).
 //!
 //! [`App::build`] binds the HTTP port and creates the clients; [`App::run`] consumes and
@@ -38,6 +38,7 @@ mod metrics;
 mod model;
 mod pipeline;
 mod results;
+mod retry;
 mod state;
 mod store;
 

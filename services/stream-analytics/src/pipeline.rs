@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -23,11 +22,12 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Clock, Result,
+    Clock,
     kafka::{self, GroupConsumer, RebalanceEvent},
     metrics::AnalyticsMetrics,
     model::{self, Kind},
     results::{self, Results, Rules},
+    retry::retry,
     state::{PartitionState, View},
     store::{Store, tp_id},
 };
@@ -63,6 +63,9 @@ pub(crate) struct Pipeline {
     results: Results,
     /// Stored partition offsets the current results were derived from.
     derived_from: Option<HashMap<String, i64>>,
+    /// `results` may miss another replica's writes (a rebalance happened): read them again
+    /// before the next diff, so a document only that replica wrote is not left behind.
+    reload_results: bool,
     pending: usize,
 }
 
@@ -72,38 +75,6 @@ impl std::fmt::Debug for Pipeline {
             .field("partitions", &self.parts.keys().collect::<Vec<_>>())
             .field("pending", &self.pending)
             .finish_non_exhaustive()
-    }
-}
-
-/// Calls `op` until it succeeds, backing off to 2 s; `None` once `stop` is cancelled.
-async fn retry<T, F, Fut>(
-    what: &str,
-    stop: &CancellationToken,
-    metrics: &AnalyticsMetrics,
-    mut op: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let attempt = tokio::select! {
-            r = op() => r,
-            () = stop.cancelled() => return None,
-        };
-        match attempt {
-            Ok(v) => return Some(v),
-            Err(err) => {
-                metrics.store_errors.inc();
-                tracing::warn!(error = %err, what, retry_in = ?delay, "failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stop.cancelled() => return None,
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
     }
 }
 
@@ -138,6 +109,7 @@ impl Pipeline {
             parts: BTreeMap::new(),
             results: Results::new(),
             derived_from: None,
+            reload_results: false,
             pending: 0,
         }
     }
@@ -204,6 +176,7 @@ impl Pipeline {
 
     fn apply_rebalance(&mut self) {
         for event in self.consumer.context().take_events() {
+            self.reload_results = true;
             if let RebalanceEvent::Revoked(list) = event {
                 for (topic, partition) in list {
                     let tp = tp_id(&topic, partition);
@@ -356,6 +329,15 @@ impl Pipeline {
             let mut view = View::default();
             self.parts.values().for_each(|o| view.add(&o.state));
             others.values().for_each(|p| view.add(p));
+            if self.reload_results || !others.is_empty() {
+                let Some(stored) =
+                    retry("read results", stop, metrics, || store.load_results()).await
+                else {
+                    return false;
+                };
+                self.results = stored;
+                self.reload_results = false;
+            }
             let new = results::compute(&view, &self.rules, self.clock.now());
             let old = &self.results;
             let Some(n) = retry("write results", stop, metrics, || {

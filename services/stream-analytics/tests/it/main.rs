@@ -5,5 +5,6 @@ mod crash;
 mod data;
 mod dead_letters;
 mod faults;
+mod replicas;
 mod results;
 mod support;
