@@ -263,7 +263,7 @@ rabbit_ui=http://127.0.0.1:${SLUICE_PORT_RABBITMQ_UI:-15672}
 container() {
   local id
   id=$(docker ps -aq --filter "label=com.docker.compose.project=$project" \
-    --filter "label=com.docker.compose.service=$1" | head -n1)
+    --filter "label=com.docker.compose.service=$1" --filter "label=com.docker.compose.oneoff=False" | awk 'NR == 1')
   [ -n "$id" ] && echo "$id"
 }
 state() { docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.State.ExitCode}}' "$1" 2>/dev/null; }
@@ -383,7 +383,9 @@ producer_done() {
   done
 }
 producer_done
-docker logs "$id" 2>&1 | grep -q "\"run finished\",\"read\":$demo_total,\"sent\":$demo_total,\"dead_lettered\":0,\"complete\":true" \
+# (grep reads the log from a variable: in a pipeline, grep -q ending first makes docker logs die
+# of SIGPIPE, which pipefail reports as a failure)
+grep -q "\"run finished\",\"read\":$demo_total,\"sent\":$demo_total,\"dead_lettered\":0,\"complete\":true" <<<"$(docker logs "$id" 2>&1)" \
   || fail "the producer's log has no \"run finished\" with sent $demo_total, none dead-lettered" producer
 want="$demo_total $demo_unique $demo_dups"
 until got=$(stats | json '"%d %d %d" % (d["received"], d["unique_processed"], d["duplicate_dropped"])') && [ "$got" = "$want" ]; do
@@ -523,7 +525,7 @@ step "docker compose down, up: data kept"
 wait_healthy
 deadline=$((SECONDS + 60))
 producer_done
-docker logs "$id" 2>&1 | grep -q 'the checkpoint says this run is complete; nothing to do' \
+grep -q 'the checkpoint says this run is complete; nothing to do' <<<"$(docker logs "$id" 2>&1)" \
   || fail "the producer's second run sent events: its checkpoint was not kept" producer
 got=$(stats | json '"%d %d %d" % (d["received"], d["unique_processed"], d["duplicate_dropped"])')
 [ "$got" = "$want" ] || fail "/stats after down + up: $got, expected $want (postgres-data)" aggregator postgres
