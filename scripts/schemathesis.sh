@@ -7,14 +7,16 @@
 # cannot say in JSON Schema that no string or key anywhere inside `payload` may hold U+0000
 # (the description says it); such a payload is refused with a 422, as it must be.
 #
-#   scripts/schemathesis.sh [AGGREGATOR_BINARY]     (default target/debug/sluice-aggregator)
+#   scripts/schemathesis.sh [AGGREGATOR_BINARY]     (default: the debug build in cargo's target dir)
 #
 # Reproducible: the seed and the number of examples are fixed (override with ST_SEED,
 # ST_MAX_EXAMPLES). Needs the servers of scripts/deps.sh and the venv it fills.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${1:-$repo/target/debug/sluice-aggregator}
+target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps --locked \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bin=${1:-$target_dir/debug/sluice-aggregator}
 venv=${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}/venv
 server=${SLUICE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 redis_url=${SLUICE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
