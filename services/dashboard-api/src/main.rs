@@ -10,8 +10,9 @@ use sluice_dashboard::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_json_logs("sluice-dashboard");
+    // Arguments first: `--help` and argument errors print alone, before any log line.
     let cli = Cli::parse();
+    telemetry::init_logs("sluice-dashboard");
     let config = Config::from_env().context("configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {

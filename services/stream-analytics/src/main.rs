@@ -6,7 +6,7 @@ use sluice_core::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_json_logs("sluice-analytics");
+    telemetry::init_logs("sluice-analytics");
     let config = Config::from_env().context("configuration")?;
     let shutdown = shutdown::on_signal();
     let app = App::build(config)

@@ -2,6 +2,7 @@
 //! test has its own Postgres database, Redis prefix, Mongo database and Kafka topics.
 
 mod auth;
+mod cli;
 mod browser;
 mod data;
 mod end_to_end;
