@@ -40,7 +40,7 @@ mkdir -p "$work"
 
 # --- output --------------------------------------------------------------------------------
 t0=$SECONDS
-step_name= step_start=
+step_name='' step_start=''
 step() { step_name=$1; step_start=$SECONDS; }
 ok() {
   printf 'compose-check %-52s ok %4ds  (at %ds)%s\n' "$step_name" $((SECONDS - step_start)) \
@@ -337,8 +337,9 @@ p = yaml.safe_load(sys.stdin)["services"].get("producer") or {}
 e = p.get("environment") or {}
 print(" ".join(p.get("command") or []), "|", e.get("TOTAL_EVENTS", 10000), e.get("DUPLICATE_RATE", 0), e.get("SLUICE_PRODUCER_SEED", 42), e.get("SLUICE_PRODUCER_SCENARIO", "events"))')
 read -r demo_total demo_rate demo_seed demo_scenario <<<"${demo#*| }"
-[ "${demo%% |*}" = "run --source synthetic --sink rabbitmq" ] && [ "$demo_scenario" = events ] \
-  || fail "the demo producer is no longer a synthetic events run to RabbitMQ ($demo): update this check"
+if [ "${demo%% |*}" != "run --source synthetic --sink rabbitmq" ] || [ "$demo_scenario" != events ]; then
+  fail "the demo producer is no longer a synthetic events run to RabbitMQ ($demo): update this check"
+fi
 demo_unique=$(expected_unique "$demo_seed" "$demo_total" "$demo_rate")
 demo_dups=$((demo_total - demo_unique))
 
