@@ -2,8 +2,8 @@
 //! test has its own Postgres database, Redis prefix, Mongo database and Kafka topics.
 
 mod auth;
-mod cli;
 mod browser;
+mod cli;
 mod data;
 mod end_to_end;
 mod live;
