@@ -92,6 +92,23 @@ impl ValidationError {
     }
 }
 
+/// Size limits applied while a body is parsed, so nothing is measured twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most events in one body (`events` is named when over).
+    pub max_events: usize,
+    /// Largest payload in bytes of compact JSON (`payload` of that event is named when over).
+    pub max_payload_bytes: usize,
+}
+
+impl Limits {
+    /// No limits beyond the contract's.
+    pub const NONE: Self = Self {
+        max_events: usize::MAX,
+        max_payload_bytes: usize::MAX,
+    };
+}
+
 /// Why a publish body was refused: not JSON at all (400), or JSON that breaks the contract (422).
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -140,11 +157,15 @@ impl Event {
                 ));
             }
         };
-        Self::from_fields(&fields, index)
+        Self::from_fields(&fields, index, usize::MAX)
     }
 
     /// Validates one event from its raw JSON text.
-    fn from_raw(raw: &RawValue, index: Option<usize>) -> Result<Self, ValidationError> {
+    fn from_raw(
+        raw: &RawValue,
+        index: Option<usize>,
+        max_payload_bytes: usize,
+    ) -> Result<Self, ValidationError> {
         if !raw.get().starts_with('{') {
             return Err(ValidationError::new(
                 index,
@@ -154,10 +175,14 @@ impl Event {
         }
         let fields = serde_json::from_str::<RawFields<'_>>(raw.get())
             .map_err(|e| ValidationError::new(index, "event", e.to_string()))?;
-        Self::from_fields(&fields, index)
+        Self::from_fields(&fields, index, max_payload_bytes)
     }
 
-    fn from_fields(fields: &RawFields<'_>, index: Option<usize>) -> Result<Self, ValidationError> {
+    fn from_fields(
+        fields: &RawFields<'_>,
+        index: Option<usize>,
+        max_payload_bytes: usize,
+    ) -> Result<Self, ValidationError> {
         let err = |field: &str, message: &str| ValidationError::new(index, field, message);
         let name = |field: &str, raw: Option<&RawValue>| -> Result<String, ValidationError> {
             let s = string_field(raw).map_err(|m| err(field, m))?;
@@ -199,8 +224,15 @@ impl Event {
         let payload = match fields.payload {
             None => empty_payload(),
             Some(raw) if raw.get().starts_with('{') => {
-                payload::scan(raw.get())
+                let size = payload::scan(raw.get())
                     .map_err(|(path, message)| ValidationError::new(index, &path, message))?;
+                if size > max_payload_bytes {
+                    return Err(ValidationError::new(
+                        index,
+                        "payload",
+                        format!("must be at most {max_payload_bytes} bytes of JSON"),
+                    ));
+                }
                 raw.to_owned()
             }
             Some(_) => return Err(err("payload", "must be a JSON object")),
@@ -212,11 +244,6 @@ impl Event {
             source,
             payload,
         })
-    }
-
-    /// The payload's size in bytes as compact JSON (whitespace between tokens not counted).
-    pub fn payload_len(&self) -> usize {
-        payload::scan(self.payload.get()).unwrap_or(usize::MAX)
     }
 }
 
@@ -231,13 +258,14 @@ fn string_field(raw: Option<&RawValue>) -> Result<Cow<'_, str>, &'static str> {
 
 /// Validates a publish body given as bytes: `{"events":[…]}`, a bare array, or a single event.
 ///
-/// All or nothing: the first bad event rejects the whole batch.
-pub fn parse_body(body: &[u8]) -> Result<Vec<Event>, BodyError> {
+/// All or nothing: the first bad event rejects the whole batch. Payload sizes count compact JSON
+/// (whitespace between tokens not counted).
+pub fn parse_body(body: &[u8], limits: &Limits) -> Result<Vec<Event>, BodyError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         BodyError::Malformed(serde::de::Error::custom(format!("body is not UTF-8: {e}")))
     })?;
     let whole: &RawValue = serde_json::from_str(text).map_err(BodyError::Malformed)?;
-    parse_raw_batch(whole).map_err(BodyError::Invalid)
+    parse_raw_batch(whole, limits).map_err(BodyError::Invalid)
 }
 
 /// Validates a publish body already parsed into a JSON value.
@@ -245,10 +273,10 @@ pub fn parse_batch(body: &Value) -> Result<Vec<Event>, ValidationError> {
     let text = body.to_string();
     let whole: &RawValue = serde_json::from_str(&text)
         .map_err(|e| ValidationError::new(None, "body", e.to_string()))?;
-    parse_raw_batch(whole)
+    parse_raw_batch(whole, &Limits::NONE)
 }
 
-fn parse_raw_batch(whole: &RawValue) -> Result<Vec<Event>, ValidationError> {
+fn parse_raw_batch(whole: &RawValue, limits: &Limits) -> Result<Vec<Event>, ValidationError> {
     let items: Vec<&RawValue> = match whole.get().as_bytes().first() {
         Some(b'[') => serde_json::from_str(whole.get())
             .map_err(|e| ValidationError::new(None, "events", e.to_string()))?,
@@ -259,7 +287,10 @@ fn parse_raw_batch(whole: &RawValue) -> Result<Vec<Event>, ValidationError> {
                 Some(list) if list.get().starts_with('[') => serde_json::from_str(list.get())
                     .map_err(|e| ValidationError::new(None, "events", e.to_string()))?,
                 Some(_) => return Err(ValidationError::new(None, "events", "must be a list")),
-                None => return Event::from_fields(&fields, None).map(|e| vec![e]),
+                None => {
+                    return Event::from_fields(&fields, None, limits.max_payload_bytes)
+                        .map(|e| vec![e]);
+                }
             }
         }
         _ => {
@@ -273,10 +304,17 @@ fn parse_raw_batch(whole: &RawValue) -> Result<Vec<Event>, ValidationError> {
     if items.is_empty() {
         return Err(ValidationError::new(None, "events", "must not be empty"));
     }
+    if items.len() > limits.max_events {
+        return Err(ValidationError::new(
+            None,
+            "events",
+            format!("must hold at most {} events", limits.max_events),
+        ));
+    }
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| Event::from_raw(item, Some(i)))
+        .map(|(i, item)| Event::from_raw(item, Some(i), limits.max_payload_bytes))
         .collect()
 }
 
@@ -434,21 +472,54 @@ mod tests {
     fn a_body_is_parsed_from_bytes_with_the_payload_kept_as_sent() {
         let body = br#"{"events": [{"topic": "t", "event_id": "1", "source": "s",
             "timestamp": "2025-01-31T12:00:00Z", "payload": {"big": 123456789012345678901234567890.50}}]}"#;
-        let events = parse_body(body).expect("valid");
+        let events = parse_body(body, &Limits::NONE).expect("valid");
         assert_eq!(
             events[0].payload.get(),
             r#"{"big": 123456789012345678901234567890.50}"#
         );
-        assert!(matches!(parse_body(b"{nope"), Err(BodyError::Malformed(_))));
-        assert!(matches!(parse_body(b"\xff"), Err(BodyError::Malformed(_))));
-        let Err(BodyError::Invalid(err)) = parse_body(br#"[{"topic": "t"}, 5]"#) else {
+        assert!(matches!(
+            parse_body(b"{nope", &Limits::NONE),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_body(b"\xff", &Limits::NONE),
+            Err(BodyError::Malformed(_))
+        ));
+        let Err(BodyError::Invalid(err)) = parse_body(br#"[{"topic": "t"}, 5]"#, &Limits::NONE)
+        else {
             panic!("expected a validation error");
         };
         assert_eq!((err.index, err.field.as_str()), (Some(0), "event_id"));
-        let Err(BodyError::Invalid(err)) = parse_body(br#"{"events": null}"#) else {
+        let Err(BodyError::Invalid(err)) = parse_body(br#"{"events": null}"#, &Limits::NONE) else {
             panic!("expected a validation error");
         };
         assert_eq!(err.field, "events");
+    }
+
+    #[test]
+    fn limits_name_the_batch_or_the_payload_over_them() {
+        let event = |payload: &str| {
+            format!(
+                r#"{{"topic":"t","event_id":"1","source":"s","timestamp":"2025-01-31T12:00:00Z","payload":{payload}}}"#
+            )
+        };
+        let limits = Limits {
+            max_events: 2,
+            max_payload_bytes: 9,
+        };
+        // Compact size counts: `{"a": 12}` sent with spaces is 8 bytes, within 9.
+        let fits = format!("[{}, {}]", event(r#"{ "a" : 12 }"#), event("{}"));
+        assert_eq!(parse_body(fits.as_bytes(), &limits).expect("fits").len(), 2);
+        let too_many = format!("[{0}, {0}, {0}]", event("{}"));
+        let Err(BodyError::Invalid(err)) = parse_body(too_many.as_bytes(), &limits) else {
+            panic!("expected a validation error");
+        };
+        assert_eq!((err.index, err.field.as_str()), (None, "events"));
+        let too_big = format!("[{}, {}]", event("{}"), event(r#"{"a":"0123456"}"#));
+        let Err(BodyError::Invalid(err)) = parse_body(too_big.as_bytes(), &limits) else {
+            panic!("expected a validation error");
+        };
+        assert_eq!((err.index, err.field.as_str()), (Some(1), "payload"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use sluice_core::event::parse_body;
+use sluice_core::event::{Limits, parse_body};
 use sluice_resilience::{Backoff, Jitter};
 use tokio_util::sync::CancellationToken;
 
@@ -114,15 +114,12 @@ impl AmqpIngress {
         dead: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let events = parse_body(&delivery.data)
-            .map_err(|e| e.to_string())
-            .and_then(|events| {
-                if events.len() > self.max_batch_events {
-                    Err(format!("more than {} events", self.max_batch_events))
-                } else {
-                    Ok(events)
-                }
-            });
+        // The HTTP payload-size limit does not apply to AMQP messages (docs/operations.md).
+        let limits = Limits {
+            max_events: self.max_batch_events,
+            max_payload_bytes: usize::MAX,
+        };
+        let events = parse_body(&delivery.data, &limits).map_err(|e| e.to_string());
         let events = match events {
             Ok(events) => events,
             Err(reason) => {

@@ -21,8 +21,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 use sluice_core::{
-    Event, ValidationError,
-    event::{BodyError, parse_body},
+    event::{BodyError, Limits, parse_body},
     health::Health,
     telemetry::{HttpMetrics, Metrics},
     wire::BatchMessage,
@@ -149,11 +148,14 @@ pub(crate) async fn publish(
         .await
         .map_err(|_| reject("too_large", ApiError::TooLarge(limit)))?;
     // Parsed once into raw JSON: the payloads are checked in place and queued as sent.
-    let events = parse_body(&bytes).map_err(|e| match e {
+    let limits = Limits {
+        max_events: state.config.max_batch_events,
+        max_payload_bytes: state.config.max_payload_bytes,
+    };
+    let events = parse_body(&bytes, &limits).map_err(|e| match e {
         BodyError::Malformed(e) => reject("malformed_json", ApiError::BadJson(e.to_string())),
         BodyError::Invalid(e) => reject("validation", ApiError::Invalid(e)),
     })?;
-    check_limits(&state.config, &events).map_err(|e| reject("validation", ApiError::Invalid(e)))?;
     let count = events.len();
     let trace_id = headers
         .get("x-request-id")
@@ -223,28 +225,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .trim()
         .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-}
-
-/// Size limits beyond the event contract.
-fn check_limits(config: &Config, events: &[Event]) -> Result<(), ValidationError> {
-    if events.len() > config.max_batch_events {
-        return Err(ValidationError {
-            index: None,
-            field: "events".into(),
-            message: format!("must hold at most {} events", config.max_batch_events),
-        });
-    }
-    for (i, event) in events.iter().enumerate() {
-        let size = event.payload_len();
-        if size > config.max_payload_bytes {
-            return Err(ValidationError {
-                index: Some(i),
-                field: "payload".into(),
-                message: format!("must be at most {} bytes of JSON", config.max_payload_bytes),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The latest stored events, newest first.
