@@ -29,9 +29,14 @@ impl std::fmt::Debug for TestKafka {
 }
 
 impl TestKafka {
-    /// An admin client for the broker.
+    /// An admin client for the shared broker (`SLUICE_TEST_KAFKA`).
     pub async fn create() -> anyhow::Result<Self> {
-        let bootstrap = env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092");
+        Self::on(&env_or("SLUICE_TEST_KAFKA", "127.0.0.1:9092")).await
+    }
+
+    /// An admin client for the broker at `bootstrap` (e.g. an [`crate::OwnKafka`]).
+    pub async fn on(bootstrap: &str) -> anyhow::Result<Self> {
+        let bootstrap = bootstrap.to_owned();
         let admin = admin_client(&bootstrap)?;
         Ok(Self {
             bootstrap,

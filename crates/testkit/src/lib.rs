@@ -10,6 +10,7 @@
 //! | [`TestAmqp`] | unique exchange and queue names | `SLUICE_TEST_AMQP_URL` (`amqp://guest:guest@127.0.0.1:5672/%2f`) |
 //! | [`TestKafka`] | unique topics and consumer group ids | `SLUICE_TEST_KAFKA` (`127.0.0.1:9092`) |
 //! | [`TestMongo`] | a unique database | `SLUICE_TEST_MONGO_URL` (`mongodb://127.0.0.1:27017/?directConnection=true`) |
+//! | [`OwnKafka`] | a durable broker of the test's own, which it can kill and start again | `SLUICE_TANSU_DURABLE` (`~/.cache/sluice/tansu-durable/bin/tansu`) |
 //!
 //! Around them: [`eventually`] polls a condition with a deadline (tests never sleep a fixed
 //! time), [`ChildService`] runs a service binary on port 0 and reads its port from its log,
@@ -28,6 +29,7 @@
 //! ```
 
 mod amqp;
+mod broker;
 mod cleanup;
 mod kafka;
 mod mongo;
@@ -38,6 +40,7 @@ mod spawn;
 mod wait;
 
 pub use amqp::TestAmqp;
+pub use broker::OwnKafka;
 pub use kafka::TestKafka;
 pub use mongo::TestMongo;
 pub use postgres::TestDatabase;

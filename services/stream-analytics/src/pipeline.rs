@@ -26,9 +26,9 @@ use crate::{
     kafka::{self, GroupConsumer, RebalanceEvent},
     metrics::AnalyticsMetrics,
     model::{self, Kind},
-    results::{self, Results, Rules},
+    results::{self, Rules, Stored},
     retry::retry,
-    state::{PartitionState, View},
+    state::{PartitionState, Touched, View},
     store::{Store, tp_id},
 };
 
@@ -60,12 +60,21 @@ pub(crate) struct Pipeline {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) positions: Positions,
     parts: BTreeMap<String, Owned>,
-    results: Results,
+    /// The stored state of the partitions this process does not hold.
+    others: BTreeMap<String, PartitionState>,
+    /// Every partition merged; kept up to date by each flush.
+    view: View,
+    /// Digests of the result documents in MongoDB.
+    stored: Stored,
     /// Stored partition offsets the current results were derived from.
     derived_from: Option<HashMap<String, i64>>,
-    /// `results` may miss another replica's writes (a rebalance happened): read them again
+    /// `stored` may miss another replica's writes (a rebalance happened): read them again
     /// before the next diff, so a document only that replica wrote is not left behind.
     reload_results: bool,
+    /// The view must be built again from every partition (one moved into `parts`).
+    rebuild: bool,
+    /// The minute of the clock at which every product's loss risk was last evaluated.
+    risk_minute: i64,
     pending: usize,
 }
 
@@ -107,9 +116,13 @@ impl Pipeline {
             shutdown_timeout,
             positions: Positions::default(),
             parts: BTreeMap::new(),
-            results: Results::new(),
+            others: BTreeMap::new(),
+            view: View::default(),
+            stored: Stored::default(),
             derived_from: None,
             reload_results: false,
+            rebuild: false,
+            risk_minute: i64::MIN,
             pending: 0,
         }
     }
@@ -121,7 +134,7 @@ impl Pipeline {
         })
         .await;
         let Some(stored) = stored else { return };
-        self.results = stored;
+        self.stored = Stored::of(&stored);
         // Results behind the state (a crash after the state was written) are caught up here.
         if !self.flush(&shutdown).await {
             return;
@@ -210,6 +223,9 @@ impl Pipeline {
             .await;
             let Some(state) = loaded else { return };
             tracing::info!(%tp, next = state.next, "partition state loaded");
+            // It was among the others' state in the view; the view is built again with it.
+            self.others.remove(&tp);
+            self.rebuild = true;
             let owned = Owned {
                 topic: topic.to_owned(),
                 partition,
@@ -297,6 +313,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut written = 0;
         let mut changed = false;
+        let mut touched = Touched::default();
         let (store, metrics) = (&self.store, &self.metrics);
         for (tp, owned) in self.parts.iter_mut().filter(|(_, o)| o.state.has_changes()) {
             let state = &owned.state;
@@ -304,7 +321,7 @@ impl Pipeline {
             else {
                 return false;
             };
-            owned.state.mark_stored();
+            touched.extend(owned.state.mark_stored());
             written += n;
             changed = true;
         }
@@ -319,38 +336,65 @@ impl Pipeline {
                 .filter(|(tp, _)| !self.parts.contains_key(*tp))
                 .any(|(tp, next)| before.get(tp) != Some(next)),
         };
-        if changed || others_changed {
+        let now = self.clock.now();
+        let minute = now.timestamp().div_euclid(60);
+        let clock_moved = minute != self.risk_minute;
+        let changes = if others_changed || self.reload_results || self.rebuild {
+            // From scratch: every partition's state, every document compared.
             let mine: Vec<String> = self.parts.keys().cloned().collect();
             let Some(others) =
                 retry("read state", stop, metrics, || store.load_others(&mine)).await
             else {
                 return false;
             };
-            let mut view = View::default();
-            self.parts.values().for_each(|o| view.add(&o.state));
-            others.values().for_each(|p| view.add(p));
             if self.reload_results || !others.is_empty() {
-                let Some(stored) =
+                let Some(docs) =
                     retry("read results", stop, metrics, || store.load_results()).await
                 else {
                     return false;
                 };
-                self.results = stored;
+                self.stored = Stored::of(&docs);
                 self.reload_results = false;
             }
-            let new = results::compute(&view, &self.rules, self.clock.now());
-            let old = &self.results;
+            self.others = others;
+            let all: Vec<&PartitionState> = (self.parts.values().map(|o| &o.state))
+                .chain(self.others.values())
+                .collect();
+            self.view = View::build(&all);
+            self.rebuild = false;
+            self.risk_minute = minute;
+            self.stored
+                .diff(results::compute(&self.view, &self.rules, now))
+        } else if changed || clock_moved {
+            // What this flush's keys affect; every product's risk once a minute.
+            let all: Vec<&PartitionState> = (self.parts.values().map(|o| &o.state))
+                .chain(self.others.values())
+                .collect();
+            let affected = self.view.refresh(&touched, &all);
+            self.risk_minute = minute;
+            results::changes(
+                &self.view,
+                &affected,
+                clock_moved,
+                &self.rules,
+                now,
+                &self.stored,
+            )
+        } else {
+            Vec::new()
+        };
+        if !changes.is_empty() {
             let Some(n) = retry("write results", stop, metrics, || {
-                store.write_results(old, &new)
+                store.write_results(&changes)
             })
             .await
             else {
                 return false;
             };
+            self.stored.apply(&changes);
             written += n;
-            self.results = new;
-            self.derived_from = Some(offsets);
         }
+        self.derived_from = Some(offsets);
         if changed {
             let tpl = self.committable();
             if let Err(err) = self.consumer.commit(&tpl, CommitMode::Async) {

@@ -1,18 +1,25 @@
-//! The results, computed from the merged [`View`] as plain documents: a pure function, so the
+//! The results, computed from the merged [`View`] as plain documents: pure functions, so the
 //! rules are unit-tested without a database.
+//!
+//! [`compute`] derives every document (at start and after a rebalance); [`changes`] derives
+//! only the documents a flush's changes affect and compares them with the [`Stored`] digests,
+//! so a steady flush costs what changed, whatever the size of the state.
 //!
 //! Money is integer cents (`*_cents`, exact) plus a `"123.45"` string for people. Prices are
 //! a product's current record (the latest inventory update), so a sale counts as soon as its
 //! product's record exists, whichever arrived first.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{DefaultHasher, Hasher as _},
+};
 
 use chrono::{DateTime, TimeZone, Utc};
 use mongodb::bson::{Bson, Document, doc};
 
 use crate::{
     model::{Inventory, format_cents},
-    state::View,
+    state::{Affected, View},
 };
 
 /// Result collections, by name.
@@ -36,6 +43,95 @@ pub(crate) struct Rules {
 /// Collection → document id → document (without `updated_at`).
 pub(crate) type Results = BTreeMap<&'static str, BTreeMap<String, Document>>;
 
+/// A document to write: `Some` replaces it, `None` deletes it.
+pub(crate) type Change = (&'static str, String, Option<Document>);
+
+/// What MongoDB holds: collection → id → digest of the document (without `updated_at`). A
+/// digest instead of the document keeps a million clients' results in tens of MB.
+#[derive(Debug, Default)]
+pub(crate) struct Stored(HashMap<&'static str, HashMap<String, u64>>);
+
+/// A digest of a document's BSON bytes.
+fn digest(d: &Document) -> u64 {
+    let mut bytes = Vec::new();
+    // Writing to a Vec fails only for documents BSON cannot hold; those never compare equal.
+    if d.to_writer(&mut bytes).is_err() {
+        return 0;
+    }
+    let mut h = DefaultHasher::new();
+    h.write(&bytes);
+    h.finish()
+}
+
+impl Stored {
+    /// The digests of documents as read back from MongoDB.
+    pub(crate) fn of(results: &Results) -> Self {
+        let mut out = Self::default();
+        for (name, docs) in results {
+            let map = out.0.entry(name).or_default();
+            for (id, d) in docs {
+                map.insert(id.clone(), digest(d));
+            }
+        }
+        out
+    }
+
+    /// Adds a change to `out` unless MongoDB holds that already.
+    fn compare(
+        &self,
+        name: &'static str,
+        id: String,
+        new: Option<Document>,
+        out: &mut Vec<Change>,
+    ) {
+        let old = self.0.get(name).and_then(|m| m.get(&id));
+        let same = match (&new, old) {
+            (Some(d), Some(&h)) => digest(d) == h,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            out.push((name, id, new));
+        }
+    }
+
+    /// Records written changes.
+    pub(crate) fn apply(&mut self, changes: &[Change]) {
+        for (name, id, d) in changes {
+            let map = self.0.entry(name).or_default();
+            match d {
+                Some(d) => {
+                    map.insert(id.clone(), digest(d));
+                }
+                None => {
+                    map.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Every difference between `new` (every document) and what is stored.
+    pub(crate) fn diff(&self, new: Results) -> Vec<Change> {
+        let mut out = Vec::new();
+        for name in COLLECTIONS {
+            let docs = new.get(name);
+            if let Some(stored) = self.0.get(name) {
+                for id in stored.keys() {
+                    if !docs.is_some_and(|d| d.contains_key(id)) {
+                        out.push((name, id.clone(), None));
+                    }
+                }
+            }
+        }
+        for (name, docs) in new {
+            for (id, d) in docs {
+                self.compare(name, id, Some(d), &mut out);
+            }
+        }
+        out
+    }
+}
+
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -49,9 +145,86 @@ fn times(units: u64, cents: i64) -> i64 {
 pub(crate) fn compute(view: &View, rules: &Rules, now: DateTime<Utc>) -> Results {
     let mut out = Results::new();
     out.insert(WINNERS, winners(view, rules));
-    out.insert(LOSS_RISK, loss_risk(view, rules, now));
-    out.insert(CLIENTS, clients(view, rules));
-    out.insert(ROLLUP, rollup(view));
+    let risk = view
+        .inventory
+        .iter()
+        .filter_map(|(id, p)| Some((id.clone(), loss_risk(p, rules, now)?)))
+        .collect();
+    out.insert(LOSS_RISK, risk);
+    let clients = view
+        .spent
+        .keys()
+        .chain(view.clients.keys())
+        .map(|id| (id.clone(), client(view, rules, id)))
+        .collect();
+    out.insert(CLIENTS, clients);
+    let mut cells = BTreeMap::new();
+    for (minute, products) in &view.cells {
+        for product in products.keys() {
+            if let Some(p) = view.inventory.get(product) {
+                cells.insert((p.category.clone(), *minute), ());
+            }
+        }
+    }
+    let rollup = cells
+        .into_keys()
+        .filter_map(|(category, minute)| rollup(view, &category, minute))
+        .collect();
+    out.insert(ROLLUP, rollup);
+    out
+}
+
+/// The documents that `affected` changes, compared with what is stored. `all_products`
+/// re-evaluates every product's loss risk (the clock moved).
+pub(crate) fn changes(
+    view: &View,
+    affected: &Affected,
+    all_products: bool,
+    rules: &Rules,
+    now: DateTime<Utc>,
+    stored: &Stored,
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    if affected.winners {
+        let top = winners(view, rules);
+        if let Some(old) = stored.0.get(WINNERS) {
+            for id in old.keys().filter(|id| !top.contains_key(*id)) {
+                out.push((WINNERS, id.clone(), None));
+            }
+        }
+        for (id, d) in top {
+            stored.compare(WINNERS, id, Some(d), &mut out);
+        }
+    }
+    let risk = |id: &String| {
+        view.inventory
+            .get(id)
+            .and_then(|p| loss_risk(p, rules, now))
+    };
+    if all_products {
+        if let Some(old) = stored.0.get(LOSS_RISK) {
+            for id in old.keys().filter(|id| !view.inventory.contains_key(*id)) {
+                out.push((LOSS_RISK, id.clone(), None));
+            }
+        }
+        for id in view.inventory.keys() {
+            stored.compare(LOSS_RISK, id.clone(), risk(id), &mut out);
+        }
+    } else {
+        for id in &affected.products {
+            stored.compare(LOSS_RISK, id.clone(), risk(id), &mut out);
+        }
+    }
+    for id in &affected.clients {
+        let known = view.spent.contains_key(id) || view.clients.contains_key(id);
+        let d = known.then(|| client(view, rules, id));
+        stored.compare(CLIENTS, id.clone(), d, &mut out);
+    }
+    for (category, minute) in &affected.rollup {
+        let id = rollup_id(category, *minute);
+        let d = rollup(view, category, *minute).map(|(_, d)| d);
+        stored.compare(ROLLUP, id, d, &mut out);
+    }
     out
 }
 
@@ -64,7 +237,14 @@ fn winners(view: &View, rules: &Rules) -> BTreeMap<String, Document> {
             Some((id, units, p, times(units, p.sell_cents - p.buy_cents)))
         })
         .collect();
-    rows.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.0.cmp(b.0)));
+    let order = |a: &(&String, u64, &Inventory, i64), b: &(&String, u64, &Inventory, i64)| {
+        b.3.cmp(&a.3).then_with(|| a.0.cmp(b.0))
+    };
+    if rows.len() > rules.top_products && rules.top_products > 0 {
+        rows.select_nth_unstable_by(rules.top_products - 1, order);
+        rows.truncate(rules.top_products);
+    }
+    rows.sort_by(order);
     rows.into_iter()
         .take(rules.top_products)
         .enumerate()
@@ -83,106 +263,108 @@ fn winners(view: &View, rules: &Rules) -> BTreeMap<String, Document> {
         .collect()
 }
 
-fn loss_risk(view: &View, rules: &Rules, now: DateTime<Utc>) -> BTreeMap<String, Document> {
-    let mut out = BTreeMap::new();
-    for (id, p) in &view.inventory {
-        let days_to_expiry = (p.expiry_date - now.date_naive()).num_days();
-        let days_since_movement = (now - p.last_movement).num_days();
-        // Margin on the selling price, in basis points, compared without rounding.
-        let margin_diff = i128::from(p.sell_cents - p.buy_cents) * 10_000;
-        let below = if p.sell_cents == 0 {
-            p.min_margin_bp > 0
-        } else {
-            margin_diff < i128::from(p.min_margin_bp) * i128::from(p.sell_cents)
-        };
-        let mut reasons = Vec::new();
-        if days_to_expiry <= rules.expiry_window_days {
-            reasons.push(format!("expires_within_{}_days", rules.expiry_window_days));
-        }
-        if days_since_movement >= rules.stale_movement_days {
-            reasons.push(format!("no_movement_{}_days", rules.stale_movement_days));
-        }
-        if below {
-            reasons.push("margin_below_threshold".to_owned());
-        }
-        if reasons.is_empty() {
-            continue;
-        }
-        let margin_bp = if p.sell_cents == 0 {
-            Bson::Null
-        } else {
-            Bson::Int64(i64::try_from(margin_diff / i128::from(p.sell_cents)).unwrap_or(0))
-        };
-        let d = doc! {
-            "_id": id, "product_id": id, "name": &p.name, "category": &p.category,
-            "reasons": reasons, "expiry_date": p.expiry_date.to_string(),
-            "days_to_expiry": days_to_expiry,
-            "last_movement": crate::model::bson_time(p.last_movement),
-            "days_since_movement": days_since_movement,
-            "margin_bp": margin_bp, "min_margin_bp": p.min_margin_bp,
-            "quantity": int(p.quantity), "batch_no": &p.batch_no,
-            "evaluated_for": crate::model::bson_time(now),
-        };
-        out.insert(id.clone(), d);
+/// A product's loss-risk document, if it is at risk.
+fn loss_risk(p: &Inventory, rules: &Rules, now: DateTime<Utc>) -> Option<Document> {
+    let days_to_expiry = (p.expiry_date - now.date_naive()).num_days();
+    let days_since_movement = (now - p.last_movement).num_days();
+    // Margin on the selling price, in basis points, compared without rounding.
+    let margin_diff = i128::from(p.sell_cents - p.buy_cents) * 10_000;
+    let below = if p.sell_cents == 0 {
+        p.min_margin_bp > 0
+    } else {
+        margin_diff < i128::from(p.min_margin_bp) * i128::from(p.sell_cents)
+    };
+    let mut reasons = Vec::new();
+    if days_to_expiry <= rules.expiry_window_days {
+        reasons.push(format!("expires_within_{}_days", rules.expiry_window_days));
     }
-    out
+    if days_since_movement >= rules.stale_movement_days {
+        reasons.push(format!("no_movement_{}_days", rules.stale_movement_days));
+    }
+    if below {
+        reasons.push("margin_below_threshold".to_owned());
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    let margin_bp = if p.sell_cents == 0 {
+        Bson::Null
+    } else {
+        Bson::Int64(i64::try_from(margin_diff / i128::from(p.sell_cents)).unwrap_or(0))
+    };
+    Some(doc! {
+        "_id": &p.product_id, "product_id": &p.product_id, "name": &p.name,
+        "category": &p.category, "reasons": reasons, "expiry_date": p.expiry_date.to_string(),
+        "days_to_expiry": days_to_expiry,
+        "last_movement": crate::model::bson_time(p.last_movement),
+        "days_since_movement": days_since_movement,
+        "margin_bp": margin_bp, "min_margin_bp": p.min_margin_bp,
+        "quantity": int(p.quantity), "batch_no": &p.batch_no,
+    })
 }
 
-fn clients(view: &View, rules: &Rules) -> BTreeMap<String, Document> {
-    let ids = view.spent.keys().chain(view.clients.keys());
-    let mut out = BTreeMap::new();
-    for id in ids {
-        let spent = view.spent.get(id).copied().unwrap_or_default();
-        let record = view.clients.get(id);
-        let tier = record.map(|c| c.loyalty_tier.to_ascii_lowercase());
-        let rule = match &tier {
-            Some(t) if rules.promo_tiers.contains(t) => Some(format!("loyalty tier {t}")),
-            _ if spent.cents >= rules.promo_min_revenue_cents => Some(format!(
-                "revenue {} >= {}",
-                format_cents(spent.cents),
-                format_cents(rules.promo_min_revenue_cents)
-            )),
-            _ => None,
-        };
-        let d = doc! {
-            "_id": id, "client_id": id, "name": record.map(|c| c.name.clone()),
-            "loyalty_tier": record.map(|c| c.loyalty_tier.clone()),
-            "revenue_cents": spent.cents, "revenue": format_cents(spent.cents),
-            "invoices": int(spent.invoices),
-            "reported_revenue_cents": record.map(|c| c.reported_revenue_cents),
-            "eligible_promo": rule.is_some(), "promo_rule": rule,
-        };
-        out.insert(id.clone(), d);
+/// A client's document.
+fn client(view: &View, rules: &Rules, id: &str) -> Document {
+    let spent = view.spent.get(id).copied().unwrap_or_default();
+    let record = view.clients.get(id);
+    let tier = record.map(|c| c.loyalty_tier.to_ascii_lowercase());
+    let rule = match &tier {
+        Some(t) if rules.promo_tiers.contains(t) => Some(format!("loyalty tier {t}")),
+        _ if spent.cents >= rules.promo_min_revenue_cents => Some(format!(
+            "revenue {} >= {}",
+            format_cents(spent.cents),
+            format_cents(rules.promo_min_revenue_cents)
+        )),
+        _ => None,
+    };
+    doc! {
+        "_id": id, "client_id": id, "name": record.map(|c| c.name.clone()),
+        "loyalty_tier": record.map(|c| c.loyalty_tier.clone()),
+        "revenue_cents": spent.cents, "revenue": format_cents(spent.cents),
+        "invoices": int(spent.invoices),
+        "reported_revenue_cents": record.map(|c| c.reported_revenue_cents),
+        "eligible_promo": rule.is_some(), "promo_rule": rule,
     }
-    out
 }
 
-fn rollup(view: &View) -> BTreeMap<String, Document> {
-    let mut cells: BTreeMap<(String, i64), (u64, i64, i64)> = BTreeMap::new();
-    for ((minute, product), &units) in &view.cells {
+fn minute_start(minute: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(minute.saturating_mul(60), 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn rollup_id(category: &str, minute: i64) -> String {
+    format!(
+        "{category}|{}",
+        minute_start(minute).format("%Y-%m-%dT%H:%MZ")
+    )
+}
+
+/// The rollup document of a category's minute, if a product of that category sold in it.
+fn rollup(view: &View, category: &str, minute: i64) -> Option<(String, Document)> {
+    let mut found = false;
+    let (mut units, mut revenue, mut profit) = (0u64, 0i64, 0i64);
+    for (product, &n) in view.cells.get(&minute)? {
         let Some(p) = view.inventory.get(product) else {
             continue;
         };
-        let e = cells.entry((p.category.clone(), *minute)).or_default();
-        e.0 += units;
-        e.1 += times(units, p.sell_cents);
-        e.2 += times(units, p.sell_cents - p.buy_cents);
+        if p.category != category {
+            continue;
+        }
+        found = true;
+        units = units.saturating_add(n);
+        revenue = revenue.saturating_add(times(n, p.sell_cents));
+        profit = profit.saturating_add(times(n, p.sell_cents - p.buy_cents));
     }
-    cells
-        .into_iter()
-        .map(|((category, minute), (units, revenue, profit))| {
-            let at = Utc
-                .timestamp_opt(minute.saturating_mul(60), 0)
-                .single()
-                .unwrap_or_default();
-            let id = format!("{category}|{}", at.format("%Y-%m-%dT%H:%MZ"));
-            let d = doc! {
-                "_id": &id, "category": category, "minute": crate::model::bson_time(at),
-                "units": int(units), "revenue_cents": revenue, "profit_cents": profit,
-            };
-            (id, d)
-        })
-        .collect()
+    if !found {
+        return None;
+    }
+    let id = rollup_id(category, minute);
+    let d = doc! {
+        "_id": &id, "category": category, "minute": crate::model::bson_time(minute_start(minute)),
+        "units": int(units), "revenue_cents": revenue, "profit_cents": profit,
+    };
+    Some((id, d))
 }
 
 #[cfg(test)]

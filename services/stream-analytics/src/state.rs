@@ -7,7 +7,7 @@
 //! between writing some keys and the partition's offset) replaying from the partition's
 //! stored offset reapplies exactly what each key lacks: nothing is counted twice or lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map::Entry};
 
 use crate::model::{Client, Input, Inventory, Sale};
 
@@ -16,16 +16,11 @@ use crate::model::{Client, Input, Inventory, Sale};
 pub(crate) struct Slot<T> {
     pub(crate) value: T,
     pub(crate) next: i64,
-    pub(crate) dirty: bool,
 }
 
 impl<T> Slot<T> {
     pub(crate) fn stored(value: T, next: i64) -> Self {
-        Self {
-            value,
-            next,
-            dirty: false,
-        }
+        Self { value, next }
     }
 }
 
@@ -39,6 +34,47 @@ pub(crate) struct Spent {
 /// A (minute since the epoch, product) cell of the rollup.
 pub(crate) type Cell = (i64, String);
 
+/// Keys changed since the last write: what a flush writes, and what it derives again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Touched {
+    pub(crate) sold: HashSet<String>,
+    pub(crate) cells: HashSet<Cell>,
+    pub(crate) spent: HashSet<String>,
+    pub(crate) inventory: HashSet<String>,
+    pub(crate) clients: HashSet<String>,
+}
+
+impl Touched {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sold.is_empty()
+            && self.cells.is_empty()
+            && self.spent.is_empty()
+            && self.inventory.is_empty()
+            && self.clients.is_empty()
+    }
+
+    /// Every key of `parts`.
+    pub(crate) fn all(parts: &[&PartitionState]) -> Self {
+        let mut t = Self::default();
+        for p in parts {
+            t.sold.extend(p.sold.keys().cloned());
+            t.cells.extend(p.cells.keys().cloned());
+            t.spent.extend(p.spent.keys().cloned());
+            t.inventory.extend(p.inventory.keys().cloned());
+            t.clients.extend(p.clients.keys().cloned());
+        }
+        t
+    }
+
+    pub(crate) fn extend(&mut self, other: Self) {
+        self.sold.extend(other.sold);
+        self.cells.extend(other.cells);
+        self.spent.extend(other.spent);
+        self.inventory.extend(other.inventory);
+        self.clients.extend(other.clients);
+    }
+}
+
 /// One partition's state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PartitionState {
@@ -51,32 +87,49 @@ pub(crate) struct PartitionState {
     pub(crate) spent: HashMap<String, Slot<Spent>>,
     pub(crate) inventory: HashMap<String, Slot<Inventory>>,
     pub(crate) clients: HashMap<String, Slot<Client>>,
+    /// Keys changed since the last write.
+    pub(crate) touched: Touched,
 }
 
-/// Applies `change` to the slot of `key` unless the slot already includes `offset`.
+/// Applies `change` to the slot of `key` unless the slot already includes `offset`; true if
+/// it was applied.
 fn touch<K, T: Default>(
     map: &mut HashMap<K, Slot<T>>,
     key: K,
     offset: i64,
-    change: impl FnOnce(&mut T) -> bool,
-) where
+    change: impl FnOnce(&mut T),
+) -> bool
+where
     K: std::hash::Hash + Eq,
 {
     let slot = map
         .entry(key)
         .or_insert_with(|| Slot::stored(T::default(), 0));
-    if offset >= slot.next {
-        slot.next = offset + 1;
-        if change(&mut slot.value) {
-            slot.dirty = true;
-        }
+    if offset < slot.next {
+        return false;
     }
+    slot.next = offset + 1;
+    change(&mut slot.value);
+    true
 }
 
 /// True when `new` replaces `old` as a product's current record: the later movement wins,
 /// then the larger batch number, so the outcome never depends on arrival order.
 pub(crate) fn newer_inventory(new: &Inventory, old: &Inventory) -> bool {
     (new.last_movement, &new.batch_no) > (old.last_movement, &old.batch_no)
+}
+
+/// A client in several partitions (records not keyed by client id): the record with the most
+/// revenue to date wins, then the greater name, whatever the order.
+fn newer_client(new: &Client, old: &Client) -> bool {
+    let rank = |c: &Client| {
+        (
+            c.reported_revenue_cents,
+            c.name.clone(),
+            c.loyalty_tier.clone(),
+        )
+    };
+    rank(new) > rank(old)
 }
 
 impl PartitionState {
@@ -92,12 +145,7 @@ impl PartitionState {
 
     /// True when something must be written.
     pub(crate) fn has_changes(&self) -> bool {
-        self.next != self.stored_next
-            || self.sold.values().any(|s| s.dirty)
-            || self.cells.values().any(|s| s.dirty)
-            || self.spent.values().any(|s| s.dirty)
-            || self.inventory.values().any(|s| s.dirty)
-            || self.clients.values().any(|s| s.dirty)
+        self.next != self.stored_next || !self.touched.is_empty()
     }
 
     /// Applies a valid message at `offset`; a replayed one changes nothing.
@@ -109,29 +157,37 @@ impl PartitionState {
             Input::Sale(sale) => self.apply_sale(offset, sale),
             Input::Inventory(record) => {
                 let key = record.product_id.clone();
-                let slot = self
-                    .inventory
-                    .entry(key)
-                    .or_insert_with(|| Slot::stored(record.clone(), 0));
-                if offset >= slot.next {
-                    let first = slot.next == 0 && !slot.dirty;
-                    slot.next = offset + 1;
-                    if first || newer_inventory(&record, &slot.value) {
-                        slot.value = record;
-                        slot.dirty = true;
+                let changed = match self.inventory.entry(key.clone()) {
+                    Entry::Vacant(e) => {
+                        e.insert(Slot::stored(record, offset + 1));
+                        true
                     }
+                    Entry::Occupied(mut e) => {
+                        let slot = e.get_mut();
+                        let newer = offset >= slot.next && newer_inventory(&record, &slot.value);
+                        if offset >= slot.next {
+                            slot.next = offset + 1;
+                        }
+                        if newer {
+                            slot.value = record;
+                        }
+                        newer
+                    }
+                };
+                if changed {
+                    self.touched.inventory.insert(key);
                 }
             }
             Input::Client(record) => {
                 let key = record.client_id.clone();
                 let slot = self
                     .clients
-                    .entry(key)
+                    .entry(key.clone())
                     .or_insert_with(|| Slot::stored(record.clone(), 0));
                 if offset >= slot.next {
                     slot.next = offset + 1;
                     slot.value = record;
-                    slot.dirty = true;
+                    self.touched.clients.insert(key);
                 }
             }
         }
@@ -143,85 +199,195 @@ impl PartitionState {
         // One change per key and message: a product on two lines of an invoice adds both.
         let mut per_product: BTreeMap<String, u64> = BTreeMap::new();
         for item in sale.items {
-            *per_product.entry(item.product_id).or_default() += item.quantity;
+            let units = per_product.entry(item.product_id).or_default();
+            *units = units.saturating_add(item.quantity);
         }
         for (product, units) in per_product {
-            touch(&mut self.sold, product.clone(), offset, |u| {
-                *u += units;
-                true
-            });
-            touch(&mut self.cells, (minute, product), offset, |u| {
-                *u += units;
-                true
-            });
+            if touch(&mut self.sold, product.clone(), offset, |u| {
+                *u = u.saturating_add(units);
+            }) {
+                self.touched.sold.insert(product.clone());
+            }
+            let cell = (minute, product);
+            if touch(&mut self.cells, cell.clone(), offset, |u| {
+                *u = u.saturating_add(units);
+            }) {
+                self.touched.cells.insert(cell);
+            }
         }
-        touch(&mut self.spent, sale.client_id, offset, |s| {
-            s.cents += sale.total_amount;
+        let client = sale.client_id;
+        if touch(&mut self.spent, client.clone(), offset, |s| {
+            s.cents = s.cents.saturating_add(sale.total_amount);
             s.invoices += 1;
-            true
-        });
+        }) {
+            self.touched.spent.insert(client);
+        }
     }
 
-    /// Clears the dirty marks after a successful write.
-    pub(crate) fn mark_stored(&mut self) {
+    /// After a successful write: the changed keys, which are no longer pending.
+    pub(crate) fn mark_stored(&mut self) -> Touched {
         self.stored_next = self.next;
-        self.sold.values_mut().for_each(|s| s.dirty = false);
-        self.cells.values_mut().for_each(|s| s.dirty = false);
-        self.spent.values_mut().for_each(|s| s.dirty = false);
-        self.inventory.values_mut().for_each(|s| s.dirty = false);
-        self.clients.values_mut().for_each(|s| s.dirty = false);
+        std::mem::take(&mut self.touched)
     }
 }
 
-/// Every partition merged: what the results are computed from.
+/// Which results a change of the view affects.
+#[derive(Debug, Default)]
+pub(crate) struct Affected {
+    /// Units sold or a product record changed: the ranking.
+    pub(crate) winners: bool,
+    /// Products whose record changed.
+    pub(crate) products: BTreeSet<String>,
+    pub(crate) clients: BTreeSet<String>,
+    /// (category, minute) cells of the rollup.
+    pub(crate) rollup: BTreeSet<(String, i64)>,
+}
+
+/// Every partition merged: what the results are computed from. Kept up to date key by key
+/// ([`View::refresh`]), so a flush costs what changed, not what is stored.
 #[derive(Debug, Default)]
 pub(crate) struct View {
     pub(crate) sold: HashMap<String, u64>,
-    pub(crate) cells: HashMap<Cell, u64>,
+    /// Minute → product → units.
+    pub(crate) cells: HashMap<i64, HashMap<String, u64>>,
+    /// Product → the minutes it sold in (to find its cells when its record changes).
+    pub(crate) product_minutes: HashMap<String, BTreeSet<i64>>,
     pub(crate) spent: HashMap<String, Spent>,
     pub(crate) inventory: HashMap<String, Inventory>,
     pub(crate) clients: HashMap<String, Client>,
 }
 
+/// Σ of a key's values over the partitions that hold it; `None` if none does.
+fn sum<K, T, Q>(
+    parts: &[&PartitionState],
+    map: impl Fn(&PartitionState) -> &HashMap<K, Slot<T>>,
+    key: &Q,
+    add: impl Fn(&mut T, &T),
+) -> Option<T>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+    T: Default,
+{
+    let mut out: Option<T> = None;
+    for p in parts {
+        if let Some(s) = map(p).get(key) {
+            add(out.get_or_insert_with(T::default), &s.value);
+        }
+    }
+    out
+}
+
+/// The winning record of a key over the partitions (the first of equals).
+fn latest<T: Clone>(
+    parts: &[&PartitionState],
+    map: impl Fn(&PartitionState) -> &HashMap<String, Slot<T>>,
+    key: &str,
+    newer: impl Fn(&T, &T) -> bool,
+) -> Option<T> {
+    let mut out: Option<&T> = None;
+    for p in parts {
+        if let Some(s) = map(p).get(key)
+            && out.is_none_or(|o| newer(&s.value, o))
+        {
+            out = Some(&s.value);
+        }
+    }
+    out.cloned()
+}
+
+fn set<T>(map: &mut HashMap<String, T>, key: &str, value: Option<T>) {
+    match value {
+        Some(v) => {
+            map.insert(key.to_owned(), v);
+        }
+        None => {
+            map.remove(key);
+        }
+    }
+}
+
 impl View {
-    /// Adds one partition's contribution.
-    pub(crate) fn add(&mut self, part: &PartitionState) {
-        for (k, s) in &part.sold {
-            *self.sold.entry(k.clone()).or_default() += s.value;
+    /// The view of `parts`, from scratch.
+    pub(crate) fn build(parts: &[&PartitionState]) -> Self {
+        let mut view = Self::default();
+        view.refresh(&Touched::all(parts), parts);
+        view
+    }
+
+    /// Merges the `touched` keys again from `parts` (every partition's state, this process's
+    /// and the others' as stored), and says which results that affects.
+    pub(crate) fn refresh(&mut self, touched: &Touched, parts: &[&PartitionState]) -> Affected {
+        let mut affected = Affected::default();
+        for k in &touched.sold {
+            let units = sum(
+                parts,
+                |p| &p.sold,
+                k.as_str(),
+                |a, b| *a = a.saturating_add(*b),
+            );
+            set(&mut self.sold, k, units);
+            affected.winners = true;
         }
-        for (k, s) in &part.cells {
-            *self.cells.entry(k.clone()).or_default() += s.value;
-        }
-        for (k, s) in &part.spent {
-            let e = self.spent.entry(k.clone()).or_default();
-            e.cents += s.value.cents;
-            e.invoices += s.value.invoices;
-        }
-        for (k, s) in &part.inventory {
-            match self.inventory.get(k) {
-                Some(old) if !newer_inventory(&s.value, old) => {}
-                _ => {
-                    self.inventory.insert(k.clone(), s.value.clone());
+        // Cells before records: a record's change below reaches the cells added here.
+        for cell in &touched.cells {
+            let (minute, product) = cell;
+            let units = sum(parts, |p| &p.cells, cell, |a, b| *a = a.saturating_add(*b));
+            let products = self.cells.entry(*minute).or_default();
+            if let Some(units) = units {
+                products.insert(product.clone(), units);
+                self.product_minutes
+                    .entry(product.clone())
+                    .or_default()
+                    .insert(*minute);
+            } else {
+                products.remove(product);
+                if products.is_empty() {
+                    self.cells.remove(minute);
+                }
+                if let Some(minutes) = self.product_minutes.get_mut(product) {
+                    minutes.remove(minute);
                 }
             }
-        }
-        for (k, s) in &part.clients {
-            // A client in several partitions (records not keyed by client id): the record
-            // with the most revenue to date wins, then the greater name, whatever the order.
-            let rank = |c: &Client| {
-                (
-                    c.reported_revenue_cents,
-                    c.name.clone(),
-                    c.loyalty_tier.clone(),
-                )
-            };
-            match self.clients.get(k) {
-                Some(old) if rank(old) >= rank(&s.value) => {}
-                _ => {
-                    self.clients.insert(k.clone(), s.value.clone());
-                }
+            if let Some(p) = self.inventory.get(product) {
+                affected.rollup.insert((p.category.clone(), *minute));
             }
         }
+        for k in &touched.spent {
+            let spent = sum(
+                parts,
+                |p| &p.spent,
+                k.as_str(),
+                |a, b| {
+                    a.cents = a.cents.saturating_add(b.cents);
+                    a.invoices += b.invoices;
+                },
+            );
+            set(&mut self.spent, k, spent);
+            affected.clients.insert(k.clone());
+        }
+        for k in &touched.clients {
+            let record = latest(parts, |p| &p.clients, k, newer_client);
+            set(&mut self.clients, k, record);
+            affected.clients.insert(k.clone());
+        }
+        for k in &touched.inventory {
+            let record = latest(parts, |p| &p.inventory, k, newer_inventory);
+            let categories: BTreeSet<String> = [self.inventory.get(k), record.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|p| p.category.clone())
+                .collect();
+            for minute in self.product_minutes.get(k).into_iter().flatten() {
+                for c in &categories {
+                    affected.rollup.insert((c.clone(), *minute));
+                }
+            }
+            set(&mut self.inventory, k, record);
+            affected.winners = true;
+            affected.products.insert(k.clone());
+        }
+        affected
     }
 }
 

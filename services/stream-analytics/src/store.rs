@@ -24,7 +24,7 @@ use mongodb::{
 use crate::{
     Error, Result,
     model::{Client as ClientRecord, Inventory},
-    results::{COLLECTIONS, Results},
+    results::{COLLECTIONS, Change, Results},
     state::{PartitionState, Slot, Spent},
 };
 
@@ -109,7 +109,7 @@ impl Store {
         Ok(parts)
     }
 
-    /// Writes a partition's changed keys, then its offset (the caller clears the dirty marks).
+    /// Writes a partition's changed keys, then its offset (the caller then marks them stored).
     #[tracing::instrument(skip(self, part), fields(next = part.next))]
     pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<usize> {
         let mut stmts = Vec::new();
@@ -121,21 +121,30 @@ impl Store {
                 "q": {"_id": id, "next": {"$lt": next}}, "u": replacement, "upsert": true,
             });
         };
-        for (k, s) in part.sold.iter().filter(|(_, s)| s.dirty) {
+        let t = &part.touched;
+        for (k, s) in t.sold.iter().filter_map(|k| Some((k, part.sold.get(k)?))) {
             put("sold", k.clone(), s.next, doc! {"units": int(s.value)});
         }
-        for ((minute, product), s) in part.cells.iter().filter(|(_, s)| s.dirty) {
+        for ((minute, product), s) in t.cells.iter().filter_map(|k| Some((k, part.cells.get(k)?))) {
             let v = doc! {"minute": minute, "product": product, "units": int(s.value)};
             put("cell", format!("{minute}|{product}"), s.next, v);
         }
-        for (k, s) in part.spent.iter().filter(|(_, s)| s.dirty) {
+        for (k, s) in t.spent.iter().filter_map(|k| Some((k, part.spent.get(k)?))) {
             let v = doc! {"cents": s.value.cents, "invoices": int(s.value.invoices)};
             put("spent", k.clone(), s.next, v);
         }
-        for (k, s) in part.inventory.iter().filter(|(_, s)| s.dirty) {
+        for (k, s) in t
+            .inventory
+            .iter()
+            .filter_map(|k| Some((k, part.inventory.get(k)?)))
+        {
             put("inv", k.clone(), s.next, inventory_doc(&s.value));
         }
-        for (k, s) in part.clients.iter().filter(|(_, s)| s.dirty) {
+        for (k, s) in t
+            .clients
+            .iter()
+            .filter_map(|k| Some((k, part.clients.get(k)?)))
+        {
             put("client", k.clone(), s.next, client_doc(&s.value));
         }
         let written = stmts.len();
@@ -179,40 +188,34 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes what differs between `new` and `old` (replace or delete); returns documents
-    /// touched. Equal results write nothing.
-    #[tracing::instrument(skip_all)]
-    pub(crate) async fn write_results(&self, old: &Results, new: &Results) -> Result<usize> {
+    /// Writes result changes (replace or delete); returns documents touched.
+    #[tracing::instrument(skip_all, fields(changes = changes.len()))]
+    pub(crate) async fn write_results(&self, changes: &[Change]) -> Result<usize> {
         let now = crate::model::bson_time(Utc::now());
-        let empty = BTreeMap::new();
-        let mut touched = 0;
-        for (name, docs) in new {
-            let before = old.get(name).unwrap_or(&empty);
-            let upserts: Vec<Document> = docs
-                .iter()
-                .filter(|(id, d)| before.get(*id) != Some(*d))
-                .map(|(id, d)| {
-                    let mut u = d.clone();
+        for name in COLLECTIONS {
+            let mine = changes.iter().filter(|(c, _, _)| *c == name);
+            let upserts: Vec<Document> = mine
+                .clone()
+                .filter_map(|(_, id, d)| {
+                    let mut u = d.clone()?;
                     u.insert("updated_at", now);
-                    doc! {"q": {"_id": id}, "u": u, "upsert": true}
+                    Some(doc! {"q": {"_id": id}, "u": u, "upsert": true})
                 })
                 .collect();
-            let deletes: Vec<Document> = before
-                .keys()
-                .filter(|id| !docs.contains_key(*id))
-                .map(|id| doc! {"q": {"_id": id}, "limit": 1})
+            let deletes: Vec<Document> = mine
+                .filter(|(_, _, d)| d.is_none())
+                .map(|(_, id, _)| doc! {"q": {"_id": id}, "limit": 1})
                 .collect();
-            touched += upserts.len() + deletes.len();
             self.upsert(name, upserts).await?;
             for chunk in deletes.chunks(CHUNK) {
                 let reply = self
                     .db
-                    .run_command(doc! {"delete": *name, "deletes": chunk, "ordered": false})
+                    .run_command(doc! {"delete": name, "deletes": chunk, "ordered": false})
                     .await?;
                 check_write_errors(name, &reply)?;
             }
         }
-        Ok(touched)
+        Ok(changes.len())
     }
 }
 

@@ -29,7 +29,12 @@ pub(crate) struct TestEnv {
 impl TestEnv {
     /// Topics with 3 (sales), 2 (inventory), 1 (clients) and 1 (dead letters) partitions.
     pub(crate) async fn create() -> anyhow::Result<Self> {
-        let (kafka, mongo) = tokio::try_join!(TestKafka::create(), TestMongo::create())?;
+        Self::on(TestKafka::create().await?).await
+    }
+
+    /// The same on another broker.
+    pub(crate) async fn on(kafka: TestKafka) -> anyhow::Result<Self> {
+        let mongo = TestMongo::create().await?;
         let sales = kafka.topic("topic-raw-sales", 3).await?;
         kafka.topic("topic-inventory-updates", 2).await?;
         kafka.topic("topic-clients", 1).await?;

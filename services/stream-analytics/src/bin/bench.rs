@@ -1,0 +1,623 @@
+//! Stream analytics benchmark (issue 12), against a Kafka-protocol broker and a MongoDB-protocol
+//! server (the local ones of scripts/deps.sh by default); run by `scripts/bench/analytics.sh`.
+//!
+//! 1. Backlog: produces inventory, client records and `--sales` sales (1..=5 line items, three
+//!    on average) to fresh topics, then measures, from the same backlog:
+//!    - the ceiling: a plain rdkafka consume loop (one consumer in its own group) reading every
+//!      sales message once, touching its payload and nothing else;
+//!    - the service: the real `sluice-analytics` binary as a child process, from its start until
+//!      MongoDB's stored offsets cover every sales message (so the time includes joining the
+//!      group, applying, writing the state and the results).
+//! 2. Latency: with the service caught up, sales at a steady `--rate` for `--seconds`; every
+//!    hundredth is a probe with a client id of its own, and the time from handing it to the
+//!    producer until its client document is in MongoDB's `clients` is recorded (MongoDB polled
+//!    every 5 ms).
+//! 3. Memory: the service's resident set (VmRSS) after phase 1 and 2, and, with
+//!    `--memory-products`/`--memory-clients`, in a second run whose state holds that many
+//!    products and clients (each client with a record and one sale).
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark prints its report (stdout) and its progress (stderr)"
+)]
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::{TryStreamExt as _, future::join_all};
+use mongodb::{
+    Database,
+    bson::{Document, doc},
+};
+use rdkafka::{
+    ClientConfig, Message as _,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer as _},
+    producer::{FutureProducer, FutureRecord},
+};
+use tokio::process::{Child, Command};
+
+/// Stream analytics benchmark: throughput from a backlog vs a raw consume loop, latency at a
+/// steady rate, resident memory.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-analytics-bench")]
+struct Args {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// MongoDB URL.
+    #[arg(
+        long,
+        env = "MONGODB_URL",
+        default_value = "mongodb://127.0.0.1:27017/?directConnection=true"
+    )]
+    mongodb_url: String,
+    /// Sales in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    sales: u64,
+    /// Products with an inventory record.
+    #[arg(long, default_value_t = 1_000)]
+    products: u64,
+    /// Clients with a record (sales pick one of them at random).
+    #[arg(long, default_value_t = 10_000)]
+    clients: u64,
+    /// Partitions of the sales topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Sales per second in the latency phase.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Length of the latency phase, seconds.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Products in the memory run (0 = no memory run).
+    #[arg(long, default_value_t = 0)]
+    memory_products: u64,
+    /// Clients in the memory run.
+    #[arg(long, default_value_t = 0)]
+    memory_clients: u64,
+    /// The service binary (default: `sluice-analytics` next to this one).
+    #[arg(long)]
+    service: Option<PathBuf>,
+}
+
+const CATEGORIES: [&str; 6] = [
+    "dairy",
+    "bakery",
+    "produce",
+    "drinks",
+    "frozen",
+    "household",
+];
+const TIERS: [&str; 4] = ["bronze", "silver", "gold", "platinum"];
+/// Sales times: the backlog spreads over the hour before the benchmark's "now".
+const NOW: &str = "2026-12-01T12:00:00Z";
+
+/// One run's names: topics under a prefix, a database, a group.
+struct Names {
+    prefix: String,
+    database: String,
+}
+
+impl Names {
+    fn new(tag: &str) -> Self {
+        let stamp = chrono::Utc::now().format("%H%M%S%3f");
+        Self {
+            prefix: format!("bench-{tag}-{stamp}."),
+            database: format!("bench_analytics_{tag}_{stamp}"),
+        }
+    }
+    fn topic(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+}
+
+fn money(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+fn inventory_json(p: u64) -> String {
+    let buy = 100 + p * 37 % 900;
+    let sell = buy + 10 + p * 13 % 300;
+    format!(
+        r#"{{"product_id":"P{p:06}","name":"Product {p}","category":"{}","buy_price":{},"sell_price":{},"min_margin_threshold":0.15,"quantity":{},"last_movement":"2026-11-{:02}T08:00:00Z","expiry_date":"2027-{:02}-01","batch_no":"B1"}}"#,
+        CATEGORIES[(p % 6) as usize],
+        money(buy),
+        money(sell),
+        10 + p % 90,
+        1 + p % 28,
+        1 + p % 12,
+    )
+}
+
+fn client_json(c: u64) -> String {
+    format!(
+        r#"{{"client_id":"C{c:07}","name":"Client {c}","total_revenue_generated":{},"loyalty_tier":"{}"}}"#,
+        money(c * 7 % 100_000),
+        TIERS[(c % 4) as usize]
+    )
+}
+
+/// A sale by `client` at `at_ms`, with 1..=5 lines of random products.
+fn sale_json(
+    rng: &mut fastrand::Rng,
+    invoice: u64,
+    client: &str,
+    at_ms: i64,
+    products: u64,
+) -> String {
+    let lines = rng.usize(1..=5);
+    let mut items = String::with_capacity(64 * lines);
+    for i in 0..lines {
+        if i > 0 {
+            items.push(',');
+        }
+        items.push_str(&format!(
+            r#"{{"product_id":"P{:06}","quantity":{}}}"#,
+            rng.u64(0..products),
+            rng.u64(1..=5)
+        ));
+    }
+    let at = chrono::DateTime::from_timestamp_millis(at_ms).unwrap_or_default();
+    format!(
+        r#"{{"invoice_id":"INV-{invoice:09}","client_id":"{client}","timestamp":"{}","total_amount":{},"items":[{items}]}}"#,
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        money(rng.u64(100..100_000)),
+    )
+}
+
+fn now_ms() -> i64 {
+    chrono::DateTime::parse_from_rfc3339(NOW)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_default()
+}
+
+struct Kafka {
+    brokers: String,
+    producer: FutureProducer,
+}
+
+impl Kafka {
+    fn new(brokers: &str) -> anyhow::Result<Self> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", "60000")
+            .create()?;
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            producer,
+        })
+    }
+
+    async fn create_topics(&self, names: &Names, sales_partitions: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()?;
+        let topics = [
+            (names.topic("topic-raw-sales"), sales_partitions),
+            (names.topic("topic-inventory-updates"), 2),
+            (names.topic("topic-clients"), 1),
+            (names.topic("topic-analytics-dead-letters"), 1),
+        ];
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+            .collect();
+        for r in admin.create_topics(&new, &AdminOptions::new()).await? {
+            r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `(topic, key, payload)` in chunks, each waiting for every acknowledgement, with a
+    /// progress line on stderr every second.
+    async fn send_all(
+        &self,
+        what: &str,
+        n: u64,
+        mut message: impl FnMut(u64) -> (String, String, String),
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut shown = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let chunk: Vec<_> = (i..n.min(i + 20_000)).map(&mut message).collect();
+            let sends = chunk.iter().map(|(t, k, p)| {
+                self.producer.send(
+                    FutureRecord::to(t).key(k).payload(p),
+                    Duration::from_secs(60),
+                )
+            });
+            for r in join_all(sends).await {
+                r.map_err(|(e, _)| anyhow::anyhow!("produce {what}: {e}"))?;
+            }
+            i += chunk.len() as u64;
+            if shown.elapsed() >= Duration::from_secs(1) {
+                eprintln!("   produced {i}/{n} {what}");
+                shown = Instant::now();
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// The ceiling: reads `n` messages of `topic` from the start, touching each payload.
+    fn raw_consume(&self, topic: &str, n: u64) -> anyhow::Result<Duration> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{topic}-raw"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let started = Instant::now();
+        let (mut count, mut bytes) = (0u64, 0usize);
+        while count < n {
+            if started.elapsed() > Duration::from_secs(900) {
+                bail!("raw consume: {count}/{n} after 900 s");
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    bytes += m.payload().map_or(0, <[u8]>::len);
+                    count += 1;
+                }
+                Some(Err(e)) => eprintln!("   raw consume: {e}"),
+                None => {}
+            }
+        }
+        std::hint::black_box(bytes);
+        Ok(started.elapsed())
+    }
+}
+
+/// The service as a child process.
+struct Service {
+    child: Child,
+    pid: u32,
+}
+
+impl Service {
+    async fn start(args: &Args, names: &Names) -> anyhow::Result<Self> {
+        let bin = match &args.service {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("bench binary has no directory")?
+                .join("sluice-analytics"),
+        };
+        let log = std::fs::File::create(format!("/tmp/{}.log", names.database))?;
+        let child = Command::new(&bin)
+            .env("KAFKA_BROKERS", &args.brokers)
+            .env("MONGODB_URL", &args.mongodb_url)
+            .env("PORT", "0")
+            .env("SLUICE_ANALYTICS_HOST", "127.0.0.1")
+            .env("SLUICE_ANALYTICS_DATABASE", &names.database)
+            .env(
+                "SLUICE_ANALYTICS_GROUP_ID",
+                format!("{}analytics", names.prefix),
+            )
+            .env("SLUICE_ANALYTICS_TOPIC_PREFIX", &names.prefix)
+            .env("SLUICE_ANALYTICS_NOW", NOW)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let pid = child.id().context("service exited at once")?;
+        Ok(Self { child, pid })
+    }
+
+    /// Resident set size, MiB.
+    fn rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        // SIGTERM: the service flushes and commits, then exits.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => self.child.kill().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Σ of the stored offsets of the sales partitions.
+async fn sales_done(db: &Database, sales_topic: &str) -> anyhow::Result<u64> {
+    let mut cursor = db
+        .collection::<Document>("analytics_offsets")
+        .find(doc! {"topic": sales_topic})
+        .await?;
+    let mut sum = 0;
+    while let Some(d) = cursor.try_next().await? {
+        sum += d.get_i64("next").unwrap_or(0);
+    }
+    Ok(u64::try_from(sum).unwrap_or(0))
+}
+
+/// Waits until the service has stored `n` sales; progress every second; returns the peak RSS.
+async fn wait_done(
+    db: &Database,
+    service: &Service,
+    sales_topic: &str,
+    n: u64,
+    limit: Duration,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    let mut peak: f64 = 0.0;
+    loop {
+        let done = sales_done(db, sales_topic).await?;
+        peak = peak.max(service.rss_mib());
+        if done >= n {
+            return Ok(peak);
+        }
+        if started.elapsed() > limit {
+            bail!("service stored {done}/{n} sales after {limit:?}");
+        }
+        if shown.elapsed() >= Duration::from_secs(2) {
+            eprintln!(
+                "   service: {done}/{n} sales stored, RSS {:.0} MiB",
+                service.rss_mib()
+            );
+            shown = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Phase 2: steady sales with probes; returns the sorted latencies in ms and the rate reached.
+async fn latency(
+    args: &Args,
+    kafka: &Kafka,
+    names: &Names,
+    db: &Database,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    let topic = names.topic("topic-raw-sales");
+    let clients = db.collection::<Document>("clients");
+    let mut rng = fastrand::Rng::with_seed(2);
+    let tick = Duration::from_millis(10);
+    let per_tick = (args.rate / 100).max(1);
+    let total = per_tick * 100 * args.seconds;
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut next_tick = tokio::time::Instant::now();
+    let mut sends = Vec::new();
+    let mut last_poll = Instant::now();
+    let mut i = 0u64;
+    let base = now_ms();
+    while i < total || !sent_at.is_empty() {
+        if i < total {
+            for _ in 0..per_tick {
+                let probe = i.is_multiple_of(100);
+                let client = if probe {
+                    format!("probe-{i}")
+                } else {
+                    format!("C{:07}", rng.u64(0..args.clients))
+                };
+                let json = sale_json(&mut rng, 10_000_000 + i, &client, base, args.products);
+                let record = FutureRecord::to(&topic).key(&client).payload(&json);
+                match kafka.producer.send_result(record) {
+                    Ok(f) => sends.push(f),
+                    Err((e, _)) => bail!("produce: {e}"),
+                }
+                if probe {
+                    sent_at.insert(client, Instant::now());
+                }
+                i += 1;
+            }
+            next_tick += tick;
+            tokio::time::sleep_until(next_tick).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if last_poll.elapsed() >= Duration::from_millis(5) && !sent_at.is_empty() {
+            last_poll = Instant::now();
+            let ids: Vec<&String> = sent_at.keys().collect();
+            let mut cursor = clients
+                .find(doc! {"_id": {"$in": ids}})
+                .projection(doc! {"_id": 1})
+                .await?;
+            let seen = Instant::now();
+            while let Some(d) = cursor.try_next().await? {
+                if let Some(t) = d.get_str("_id").ok().and_then(|id| sent_at.remove(id)) {
+                    latencies.push((seen - t).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(args.seconds + 120) {
+            bail!("{} probes never became visible", sent_at.len());
+        }
+    }
+    let produced = started.elapsed();
+    for r in join_all(sends).await {
+        r.map_err(|_| anyhow::anyhow!("a send was cancelled"))?
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok((latencies, total as f64 / produced.as_secs_f64()))
+}
+
+/// Inventory for `products`, records for `clients`, `sales` sales; returns the time taken.
+async fn produce_backlog(
+    kafka: &Kafka,
+    names: &Names,
+    products: u64,
+    clients: u64,
+    sales: u64,
+    one_sale_per_client: bool,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let inv = names.topic("topic-inventory-updates");
+    kafka
+        .send_all("inventory records", products, |p| {
+            (inv.clone(), format!("P{p:06}"), inventory_json(p))
+        })
+        .await?;
+    let cl = names.topic("topic-clients");
+    kafka
+        .send_all("client records", clients, |c| {
+            (cl.clone(), format!("C{c:07}"), client_json(c))
+        })
+        .await?;
+    let st = names.topic("topic-raw-sales");
+    let mut rng = fastrand::Rng::with_seed(1);
+    let start_ms = now_ms() - 3_600_000;
+    let step = 3_600_000 / i64::try_from(sales.max(1)).unwrap_or(1).max(1);
+    kafka
+        .send_all("sales", sales, |i| {
+            let client = if one_sale_per_client {
+                format!("C{:07}", i % clients.max(1))
+            } else {
+                format!("C{:07}", rng.u64(0..clients.max(1)))
+            };
+            let at = start_ms + i64::try_from(i).unwrap_or(0) * step;
+            let json = sale_json(&mut rng, i, &client, at, products);
+            (st.clone(), client, json)
+        })
+        .await?;
+    Ok(started.elapsed())
+}
+
+async fn drop_database(db: &Database) {
+    if let Err(e) = db.drop().await {
+        eprintln!("   could not drop {}: {e}", db.name());
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let kafka = Kafka::new(&args.brokers)?;
+    let mongo = mongodb::Client::with_uri_str(&args.mongodb_url).await?;
+
+    println!(
+        "== 1. backlog: {} sales (1-5 line items, 3 on average), {} products, {} clients, {} sales partitions",
+        args.sales, args.products, args.clients, args.partitions
+    );
+    let names = Names::new("tput");
+    kafka.create_topics(&names, args.partitions).await?;
+    let took = produce_backlog(
+        &kafka,
+        &names,
+        args.products,
+        args.clients,
+        args.sales,
+        false,
+    )
+    .await?;
+    println!("   produced in {:.1} s", took.as_secs_f64());
+    let sales_topic = names.topic("topic-raw-sales");
+    let raw = tokio::task::block_in_place(|| kafka.raw_consume(&sales_topic, args.sales))?;
+    let raw_rate = args.sales as f64 / raw.as_secs_f64();
+    println!(
+        "   ceiling, raw rdkafka consume loop: {:.1} s, {:.0} sales/s",
+        raw.as_secs_f64(),
+        raw_rate
+    );
+    let db = mongo.database(&names.database);
+    let started = Instant::now();
+    let service = Service::start(&args, &names).await?;
+    let peak = wait_done(
+        &db,
+        &service,
+        &sales_topic,
+        args.sales,
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let took = started.elapsed();
+    let rate = args.sales as f64 / took.as_secs_f64();
+    println!(
+        "   sluice-analytics: {:.1} s, {:.0} sales/s = {:.0} % of the ceiling; RSS {:.1} MiB after, peak {:.1} MiB",
+        took.as_secs_f64(),
+        rate,
+        100.0 * rate / raw_rate,
+        service.rss_mib(),
+        peak
+    );
+
+    println!(
+        "== 2. produce-to-visible latency at {} sales/s for {} s (every 100th sale a probe)",
+        args.rate, args.seconds
+    );
+    let (lat, reached) = latency(&args, &kafka, &names, &db).await?;
+    println!(
+        "   {} probes at {:.0} sales/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; RSS {:.1} MiB",
+        lat.len(),
+        reached,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        service.rss_mib()
+    );
+    service.stop().await?;
+    drop_database(&db).await;
+
+    if args.memory_products > 0 || args.memory_clients > 0 {
+        let (products, clients) = (args.memory_products.max(1), args.memory_clients.max(1));
+        println!(
+            "== 3. memory: {products} products, {clients} clients, each client with a record and one sale"
+        );
+        let names = Names::new("mem");
+        kafka.create_topics(&names, args.partitions).await?;
+        let took = produce_backlog(&kafka, &names, products, clients, clients, true).await?;
+        println!("   produced in {:.1} s", took.as_secs_f64());
+        let db = mongo.database(&names.database);
+        let started = Instant::now();
+        let service = Service::start(&args, &names).await?;
+        let sales_topic = names.topic("topic-raw-sales");
+        let peak = wait_done(
+            &db,
+            &service,
+            &sales_topic,
+            clients,
+            Duration::from_secs(3600),
+        )
+        .await?;
+        println!(
+            "   consumed in {:.1} s; RSS {:.1} MiB after, peak {:.1} MiB",
+            started.elapsed().as_secs_f64(),
+            service.rss_mib(),
+            peak
+        );
+        service.stop().await?;
+        drop_database(&db).await;
+    }
+    Ok(())
+}
