@@ -6,7 +6,7 @@
 //! | `POST /api/login` | none |
 //! | `GET /api/me`, `POST /api/logout` | viewer |
 //! | `GET /api/results/{winners,loss_risk,clients,sales_by_category}` | viewer |
-//! | `GET /api/ws?topics=…` | viewer; topic `system` admin |
+//! | `GET /api/ws?topics=…` | viewer; topic `system` admin; at most `WS_PER_SESSION` open |
 //! | `POST /api/sales`, `POST /api/inventory` | accountant |
 //! | `GET /api/system`, `GET/POST /api/users`, `DELETE /api/users/{name}` | admin |
 
@@ -244,6 +244,10 @@ async fn websocket(
         };
         topics.insert(name);
     }
+    let Some(slot) = state.ws_slots.acquire(&caller.session.id) else {
+        state.metrics.ws_refused.inc();
+        return Err(ApiError::TooManySockets(state.ws_slots.limit()));
+    };
     let ctx = ClientCtx {
         hub: state.hub.clone(),
         metrics: state.metrics.clone(),
@@ -266,5 +270,10 @@ async fn websocket(
         .write_buffer_size(8 * 1024)
         .max_message_size(64 * 1024)
         .max_frame_size(64 * 1024);
-    Ok(upgrade.on_upgrade(move |socket| live::serve_client(socket, ctx, topics)))
+    // The slot lives in the socket's task: however it ends (or if the upgrade fails and the
+    // task never starts), dropping it frees the place.
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let _slot = slot;
+        live::serve_client(socket, ctx, topics).await;
+    }))
 }

@@ -66,9 +66,12 @@ pub struct Config {
     pub client_queue: usize,
     /// A WebSocket write taking longer than this disconnects the client, ms.
     pub send_timeout_ms: u64,
-    /// How often an open WebSocket checks that its session and role still hold, ms (a logout
-    /// or a demotion closes it within this time).
+    /// How often an open WebSocket checks that its session and role still hold and pings its
+    /// client, ms (a logout or a demotion closes it within this time; a client that answers
+    /// nothing for two of these intervals is disconnected).
     pub ws_recheck_ms: u64,
+    /// Most WebSockets one session may have open at once; another upgrade is refused with 429.
+    pub ws_per_session: usize,
     /// Most result documents returned per collection.
     pub max_rows: i64,
     /// Longest wait for requests in flight at shutdown, ms.
@@ -107,6 +110,7 @@ impl Default for Config {
             client_queue: 16,
             send_timeout_ms: 5_000,
             ws_recheck_ms: 15_000,
+            ws_per_session: 8,
             max_rows: 500,
             shutdown_timeout_ms: 10_000,
         }
@@ -154,6 +158,10 @@ impl Config {
             ("SLUICE_DASHBOARD_CLIENT_QUEUE", self.client_queue as u64),
             ("SLUICE_DASHBOARD_SEND_TIMEOUT_MS", self.send_timeout_ms),
             ("SLUICE_DASHBOARD_WS_RECHECK_MS", self.ws_recheck_ms),
+            (
+                "SLUICE_DASHBOARD_WS_PER_SESSION",
+                self.ws_per_session as u64,
+            ),
             (
                 "SLUICE_DASHBOARD_DATABASE_POOL_SIZE",
                 u64::from(self.database_pool_size),
@@ -277,6 +285,16 @@ mod tests {
         };
         let err = config.validate().expect_err("invalid").to_string();
         assert!(err.contains("ADMIN_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_cap_of_zero_names_the_variable() {
+        let config = Config {
+            ws_per_session: 0,
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("invalid").to_string();
+        assert!(err.contains("SLUICE_DASHBOARD_WS_PER_SESSION"), "{err}");
     }
 
     #[test]

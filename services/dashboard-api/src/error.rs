@@ -76,6 +76,8 @@ pub enum ApiError {
     Csrf,
     /// Too many attempts; retry after the duration.
     RateLimited(Duration),
+    /// The session already has this many WebSockets open.
+    TooManySockets(usize),
     /// An input field is wrong.
     Invalid { field: String, reason: String },
     /// The thing named does not exist.
@@ -141,6 +143,15 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({"error": "rate_limited", "detail": "too many attempts; wait and retry"}),
                 Some(wait),
+            ),
+            Self::TooManySockets(limit) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({
+                    "error": "too_many_sockets",
+                    "limit": limit,
+                    "detail": format!("this session already has {limit} live-update sockets open (SLUICE_DASHBOARD_WS_PER_SESSION); close one first"),
+                }),
+                None,
             ),
             Self::Invalid { field, reason } => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -63,7 +63,7 @@ pub use crate::{
 };
 use crate::{
     kafka::Publisher,
-    live::Hub,
+    live::{Hub, SessionSlots},
     metrics::DashboardMetrics,
     results::{Collection, ResultStore},
     sessions::SessionStore,
@@ -84,6 +84,7 @@ pub struct AppState {
     pub(crate) system: SystemSources,
     pub(crate) publisher: Publisher,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) ws_slots: SessionSlots,
     pub(crate) metrics: DashboardMetrics,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -227,6 +228,7 @@ impl App {
         let server = HttpServer::bind(&format!("{}:{}", config.host, config.port)).await?;
         let state = Arc::new(AppState {
             hub: Arc::new(Hub::new(config.client_queue)),
+            ws_slots: SessionSlots::new(config.ws_per_session),
             config,
             users,
             sessions,

@@ -21,6 +21,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+mod slots;
+
+pub(crate) use self::slots::SessionSlots;
 use crate::{
     metrics::DashboardMetrics,
     results::Collection,
@@ -138,14 +141,27 @@ pub(crate) async fn serve_client(
         tokio::time::Instant::now() + ctx.access.every,
         ctx.access.every,
     );
+    // Whether the client sent anything (a pong at least) since the last ping.
+    let (mut heard, mut pinged) = (false, false);
     while outcome.is_ok() {
         tokio::select! {
             _ = recheck.tick() => {
+                if pinged && !heard {
+                    // Gone without closing (a laptop asleep, a network lost): free its slot.
+                    outcome = Err(());
+                    break;
+                }
                 if !ctx.access.holds().await {
                     let close = CloseFrame { code: close_code::POLICY, reason: "session ended".into() };
                     let _ = tokio::time::timeout(ctx.send_timeout, socket.send(Message::Close(Some(close)))).await;
                     break;
                 }
+                (heard, pinged) = (false, true);
+                let ping = socket.send(Message::Ping(Default::default()));
+                outcome = match tokio::time::timeout(ctx.send_timeout, ping).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(()),
+                };
             }
             () = ctx.shutdown.cancelled() => {
                 let close = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
@@ -154,7 +170,7 @@ pub(crate) async fn serve_client(
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => heard = true,
             },
             received = rx.recv() => {
                 let frames = match received {
@@ -171,7 +187,7 @@ pub(crate) async fn serve_client(
     }
     if outcome.is_err() {
         ctx.metrics.ws_dropped.inc();
-        tracing::info!("disconnected a WebSocket client that did not keep up");
+        tracing::info!("disconnected a WebSocket client that did not keep up or stopped answering");
     }
     ctx.metrics.ws_clients.dec();
 }

@@ -14,8 +14,10 @@ pub struct DashboardMetrics {
     pub ws_sent: IntCounter,
     /// Frames a slow client skipped (it got the latest state instead).
     pub ws_skipped: IntCounter,
-    /// Clients disconnected because they did not take a frame in time.
+    /// Clients disconnected because they did not take a frame in time or stopped answering.
     pub ws_dropped: IntCounter,
+    /// WebSocket upgrades refused because the session had its most sockets open.
+    pub ws_refused: IntCounter,
     /// Refused logins (wrong name or password).
     pub login_failures: IntCounter,
     /// State-changing requests refused for a missing or wrong CSRF token.
@@ -39,7 +41,11 @@ impl DashboardMetrics {
             )?,
             ws_dropped: metrics.counter(
                 "dashboard_ws_dropped_total",
-                "WebSocket clients disconnected for not keeping up",
+                "WebSocket clients disconnected for not keeping up or not answering",
+            )?,
+            ws_refused: metrics.counter(
+                "dashboard_ws_refused_total",
+                "WebSocket upgrades refused: the session had SLUICE_DASHBOARD_WS_PER_SESSION open",
             )?,
             login_failures: metrics.counter("dashboard_login_failures_total", "Refused logins")?,
             csrf_refused: metrics.counter(

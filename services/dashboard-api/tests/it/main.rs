@@ -9,4 +9,5 @@ mod end_to_end;
 mod live;
 mod roles;
 mod sessions;
+mod socket_limit;
 mod support;
