@@ -13,6 +13,8 @@ cd "$repo"
 target=${CARGO_TARGET_DIR:-$repo/target}
 scripts/deps.sh >/dev/null
 cargo build --release --locked -p sluice-analytics --bins
+echo "== 0. MongoDB-protocol server, writes per second (scripts/bench/mongo_writes.py)"
+"${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}/venv/bin/python" scripts/bench/mongo_writes.py
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # shellcheck disable=SC2086  # BENCH_ARGS holds several flags on purpose
 "$target/release/sluice-analytics-bench" --sales "${1:-1000000}" \

@@ -36,8 +36,10 @@ pub struct Config {
     pub dead_letter_topic: String,
     /// Longest time between flushes while input arrives, ms.
     pub flush_interval_ms: u64,
-    /// Messages that trigger a flush before the interval is up.
+    /// Messages that trigger a flush before the interval is up (a bound on unwritten work).
     pub flush_batch_size: usize,
+    /// Log entries of a partition after which they are folded into one document per key.
+    pub compact_after_entries: usize,
     /// Kafka session timeout, ms: how soon a dead replica's partitions move.
     pub kafka_session_timeout_ms: u64,
     /// Fixed "now" (RFC 3339) for expiry and movement rules; unset = the system clock.
@@ -71,7 +73,8 @@ impl Default for Config {
             clients_topic: "topic-clients".into(),
             dead_letter_topic: "topic-analytics-dead-letters".into(),
             flush_interval_ms: 200,
-            flush_batch_size: 5_000,
+            flush_batch_size: 100_000,
+            compact_after_entries: 500_000,
             kafka_session_timeout_ms: 10_000,
             now: None,
             top_products: 10,
@@ -136,6 +139,10 @@ impl Config {
             (
                 "SLUICE_ANALYTICS_FLUSH_BATCH_SIZE",
                 self.flush_batch_size as u64,
+            ),
+            (
+                "SLUICE_ANALYTICS_COMPACT_AFTER_ENTRIES",
+                self.compact_after_entries as u64,
             ),
             (
                 "SLUICE_ANALYTICS_KAFKA_SESSION_TIMEOUT_MS",

@@ -206,6 +206,7 @@ impl App {
             clock,
             Config::ms(config.flush_interval_ms),
             config.flush_batch_size,
+            config.compact_after_entries,
             Config::ms(config.shutdown_timeout_ms),
         );
         let lag = tokio::spawn(report_lag(

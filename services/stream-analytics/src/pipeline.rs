@@ -1,10 +1,10 @@
 //! The consume → apply → flush loop.
 //!
 //! Messages change the in-memory state of their partition (loaded from MongoDB the first time
-//! the partition is seen). Every `flush_interval_ms`, or after `flush_batch_size` messages,
-//! the changed state is written with its offsets, the results are derived and written where
-//! they differ, and only then are the offsets committed to Kafka. A tick with nothing new
-//! writes nothing. While MongoDB fails, the loop retries the flush and does not consume.
+//! the partition is seen). Every `flush_interval_ms` (or, when the last flush took longer,
+//! after as long as it took), or after `flush_batch_size` messages, the changed state is
+//! written with its offsets, the results are derived and written where they differ, and only
+//! then are the offsets committed to Kafka. A tick with nothing new writes nothing. While MongoDB fails, the loop retries the flush and does not consume.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -57,6 +57,8 @@ pub(crate) struct Pipeline {
     pub(crate) clock: Clock,
     pub(crate) flush_interval: Duration,
     pub(crate) flush_batch: usize,
+    /// Log entries of a partition after which a flush compacts them.
+    pub(crate) compact_after: usize,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) positions: Positions,
     parts: BTreeMap<String, Owned>,
@@ -100,6 +102,7 @@ impl Pipeline {
         clock: Clock,
         flush_interval: Duration,
         flush_batch: usize,
+        compact_after: usize,
         shutdown_timeout: Duration,
     ) -> Self {
         Self {
@@ -113,6 +116,7 @@ impl Pipeline {
             clock,
             flush_interval,
             flush_batch,
+            compact_after,
             shutdown_timeout,
             positions: Positions::default(),
             parts: BTreeMap::new(),
@@ -140,19 +144,25 @@ impl Pipeline {
             return;
         }
         let consumer = self.consumer.clone();
-        let mut tick = tokio::time::interval(self.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = self.next_flush(Duration::ZERO);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => { self.flush(&shutdown).await; }
+                () = tokio::time::sleep_until(due) => {
+                    let started = Instant::now();
+                    self.flush(&shutdown).await;
+                    due = self.next_flush(started.elapsed());
+                }
                 msg = consumer.recv() => match msg {
                     Ok(msg) => {
                         self.handle(&msg, &shutdown).await;
                         drop(msg);
-                        if self.pending >= self.flush_batch && self.flush(&shutdown).await {
-                            tick.reset();
+                        if self.pending >= self.flush_batch {
+                            let started = Instant::now();
+                            if self.flush(&shutdown).await {
+                                due = self.next_flush(started.elapsed());
+                            }
                         }
                     }
                     Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
@@ -185,6 +195,15 @@ impl Pipeline {
             tracing::warn!(error = %err, "dead-letter producer did not flush");
         }
         tracing::info!(partitions = self.parts.len(), "pipeline stopped");
+    }
+
+    /// When the next flush is due after one that took `took`: the interval, or as long as that
+    /// flush took if longer. A flush costs about the keys it writes, and keys repeat, so under
+    /// a backlog (or a slow MongoDB) batches grow until consuming takes as long as writing,
+    /// instead of the writes falling ever further behind; at a steady rate that MongoDB
+    /// keeps up with, the interval rules.
+    fn next_flush(&self, took: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.flush_interval.max(took)
     }
 
     fn apply_rebalance(&mut self) {
@@ -321,9 +340,20 @@ impl Pipeline {
             else {
                 return false;
             };
-            touched.extend(owned.state.mark_stored());
+            touched.extend(owned.state.mark_stored(n));
             written += n;
             changed = true;
+            if owned.state.logged >= self.compact_after {
+                let state = &owned.state;
+                let Some(n) =
+                    retry("compact state", stop, metrics, || store.compact(tp, state)).await
+                else {
+                    return false;
+                };
+                tracing::debug!(%tp, keys = n, "log compacted");
+                owned.state.mark_compacted();
+                written += n;
+            }
         }
         let Some(offsets) = retry("read offsets", stop, metrics, || store.offsets()).await else {
             return false;

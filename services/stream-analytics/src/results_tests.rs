@@ -222,7 +222,7 @@ fn incremental_changes_equal_a_full_computation() {
         let mut touched = Touched::default();
         parts
             .iter_mut()
-            .for_each(|p| touched.extend(p.mark_stored()));
+            .for_each(|p| touched.extend(p.mark_stored(0)));
         let all: Vec<&PartitionState> = parts.iter().collect();
         let affected = view.refresh(&touched, &all);
         let changes = changes(&view, &affected, clock_moved, &rules(), at, &stored);

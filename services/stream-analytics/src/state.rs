@@ -89,6 +89,10 @@ pub(crate) struct PartitionState {
     pub(crate) clients: HashMap<String, Slot<Client>>,
     /// Keys changed since the last write.
     pub(crate) touched: Touched,
+    /// Keys in the log since the last compaction (see [`crate::store`]).
+    pub(crate) since_compaction: Touched,
+    /// Log entries written since the last compaction.
+    pub(crate) logged: usize,
 }
 
 /// Applies `change` to the slot of `key` unless the slot already includes `offset`; true if
@@ -224,10 +228,20 @@ impl PartitionState {
         }
     }
 
-    /// After a successful write: the changed keys, which are no longer pending.
-    pub(crate) fn mark_stored(&mut self) -> Touched {
+    /// After a successful write of `written` log entries: the changed keys, which are no
+    /// longer pending (and are in the log until the next compaction).
+    pub(crate) fn mark_stored(&mut self, written: usize) -> Touched {
         self.stored_next = self.next;
-        std::mem::take(&mut self.touched)
+        self.logged += written;
+        let touched = std::mem::take(&mut self.touched);
+        self.since_compaction.extend(touched.clone());
+        touched
+    }
+
+    /// After a compaction: nothing is in the log any more.
+    pub(crate) fn mark_compacted(&mut self) {
+        self.since_compaction = Touched::default();
+        self.logged = 0;
     }
 }
 

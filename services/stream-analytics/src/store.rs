@@ -12,7 +12,7 @@
 //! what the key holds already (see [`crate::state`]). A crash between 2 and 3 leaves the
 //! results behind the state: they are derived again at start, before any new input.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 
 use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
@@ -25,11 +25,16 @@ use crate::{
     Error, Result,
     model::{Client as ClientRecord, Inventory},
     results::{COLLECTIONS, Change, Results},
-    state::{PartitionState, Slot, Spent},
+    state::{PartitionState, Slot, Spent, Touched},
 };
 
 const STATE: &str = "analytics_state";
 const OFFSETS: &str = "analytics_offsets";
+const LOG: &str = "analytics_log";
+/// Keys per log document (a client record is ~150 bytes of BSON: far below the 16 MB limit).
+const LOG_ENTRIES: usize = 10_000;
+/// Log documents per `insert` command (well below the 48 MB message limit).
+const LOG_DOCS_PER_INSERT: usize = 8;
 /// Statements per `update` command.
 const CHUNK: usize = 1_000;
 
@@ -99,56 +104,57 @@ impl Store {
         self.load_where(doc! {"tp": {"$nin": mine}}).await
     }
 
+    /// The log first, then the compacted keys: a compaction running meanwhile writes every
+    /// key of the log documents it deletes before it deletes them, so either read sees them.
     async fn load_where(&self, filter: Document) -> Result<BTreeMap<String, PartitionState>> {
-        let mut cursor = self.db.collection::<Document>(STATE).find(filter).await?;
         let mut parts: BTreeMap<String, PartitionState> = BTreeMap::new();
+        let mut cursor = self
+            .db
+            .collection::<Document>(LOG)
+            .find(filter.clone())
+            .await?;
         while let Some(d) = cursor.try_next().await? {
             let tp = d.get_str("tp").unwrap_or_default().to_owned();
-            read_key(parts.entry(tp).or_default(), &d)?;
+            let part = parts.entry(tp).or_default();
+            for e in d.get_array("entries").into_iter().flatten() {
+                let Some(e) = e.as_document() else { continue };
+                read_key(part, e, true)?;
+                part.logged += 1;
+            }
+        }
+        let mut cursor = self.db.collection::<Document>(STATE).find(filter).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let tp = d.get_str("tp").unwrap_or_default().to_owned();
+            read_key(parts.entry(tp).or_default(), &d, false)?;
         }
         Ok(parts)
     }
 
-    /// Writes a partition's changed keys, then its offset (the caller then marks them stored).
+    /// Appends a partition's changed keys to the log (one insert per 10,000 keys, instead of
+    /// an update per key), then writes its offset; the caller then marks them stored.
     #[tracing::instrument(skip(self, part), fields(next = part.next))]
     pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<usize> {
-        let mut stmts = Vec::new();
-        let mut put = |kind: &str, key: String, next: i64, v: Document| {
-            let id = format!("{tp}|{kind}|{key}");
-            let replacement =
-                doc! {"_id": &id, "tp": tp, "k": kind, "key": key, "next": next, "v": v};
-            stmts.push(doc! {
-                "q": {"_id": id, "next": {"$lt": next}}, "u": replacement, "upsert": true,
-            });
-        };
-        let t = &part.touched;
-        for (k, s) in t.sold.iter().filter_map(|k| Some((k, part.sold.get(k)?))) {
-            put("sold", k.clone(), s.next, doc! {"units": int(s.value)});
+        let entries = entries(part, &part.touched);
+        let written = entries.len();
+        // Unique per write: a replay may log the same keys again, which loading merges.
+        let nonce = fastrand::u64(..);
+        let docs: Vec<Document> = entries
+            .chunks(LOG_ENTRIES)
+            .enumerate()
+            .map(|(i, chunk)| {
+                doc! {
+                    "_id": format!("{tp}|{}|{nonce:016x}|{i}", part.next), "tp": tp,
+                    "next": part.next, "entries": chunk,
+                }
+            })
+            .collect();
+        for batch in docs.chunks(LOG_DOCS_PER_INSERT) {
+            let reply = self
+                .db
+                .run_command(doc! {"insert": LOG, "documents": batch, "ordered": false})
+                .await?;
+            check_write_errors(LOG, &reply)?;
         }
-        for ((minute, product), s) in t.cells.iter().filter_map(|k| Some((k, part.cells.get(k)?))) {
-            let v = doc! {"minute": minute, "product": product, "units": int(s.value)};
-            put("cell", format!("{minute}|{product}"), s.next, v);
-        }
-        for (k, s) in t.spent.iter().filter_map(|k| Some((k, part.spent.get(k)?))) {
-            let v = doc! {"cents": s.value.cents, "invoices": int(s.value.invoices)};
-            put("spent", k.clone(), s.next, v);
-        }
-        for (k, s) in t
-            .inventory
-            .iter()
-            .filter_map(|k| Some((k, part.inventory.get(k)?)))
-        {
-            put("inv", k.clone(), s.next, inventory_doc(&s.value));
-        }
-        for (k, s) in t
-            .clients
-            .iter()
-            .filter_map(|k| Some((k, part.clients.get(k)?)))
-        {
-            put("client", k.clone(), s.next, client_doc(&s.value));
-        }
-        let written = stmts.len();
-        self.upsert(STATE, stmts).await?;
         let (topic, partition) = tp.rsplit_once('|').unwrap_or((tp, "0"));
         let offset = doc! {
             "_id": tp, "topic": topic, "partition": partition.parse::<i32>().unwrap_or(0),
@@ -156,6 +162,39 @@ impl Store {
         };
         let stmt = doc! {"q": {"_id": tp, "next": {"$lt": part.next}}, "u": offset, "upsert": true};
         self.upsert(OFFSETS, vec![stmt]).await?;
+        Ok(written)
+    }
+
+    /// Folds a partition's log into one document per key: writes every key logged since the
+    /// last compaction (each replaced only if the stored `next` is lower, so a stale writer
+    /// cannot go backwards), then deletes the log documents that state covers. `part` must be
+    /// fully stored (right after a flush). Returns the keys written.
+    #[tracing::instrument(skip(self, part), fields(next = part.stored_next))]
+    pub(crate) async fn compact(&self, tp: &str, part: &PartitionState) -> Result<usize> {
+        let stmts: Vec<Document> = entries(part, &part.since_compaction)
+            .into_iter()
+            .map(|mut e| {
+                let (kind, key) = (
+                    e.get_str("k").unwrap_or_default(),
+                    e.get_str("key").unwrap_or_default(),
+                );
+                let id = format!("{tp}|{kind}|{key}");
+                let next = e.get_i64("next").unwrap_or(0);
+                e.insert("_id", &id);
+                e.insert("tp", tp);
+                doc! {"q": {"_id": id, "next": {"$lt": next}}, "u": e, "upsert": true}
+            })
+            .collect();
+        let written = stmts.len();
+        self.upsert(STATE, stmts).await?;
+        let reply = self
+            .db
+            .run_command(doc! {
+                "delete": LOG,
+                "deletes": [{"q": {"tp": tp, "next": {"$lte": part.stored_next}}, "limit": 0}],
+            })
+            .await?;
+        check_write_errors(LOG, &reply)?;
         Ok(written)
     }
 
@@ -258,11 +297,78 @@ fn client_doc(c: &ClientRecord) -> Document {
     }
 }
 
-/// Reads one `analytics_state` document into the partition.
-fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
-    let id = d.get_str("_id").unwrap_or_default();
+/// `{k, key, next, v}` for each of `keys` the partition holds.
+fn entries(part: &PartitionState, keys: &Touched) -> Vec<Document> {
+    let mut out = Vec::new();
+    let mut put = |kind: &str, key: String, next: i64, v: Document| {
+        out.push(doc! {"k": kind, "key": key, "next": next, "v": v});
+    };
+    for (k, s) in keys
+        .sold
+        .iter()
+        .filter_map(|k| Some((k, part.sold.get(k)?)))
+    {
+        put("sold", k.clone(), s.next, doc! {"units": int(s.value)});
+    }
+    for ((minute, product), s) in keys
+        .cells
+        .iter()
+        .filter_map(|k| Some((k, part.cells.get(k)?)))
+    {
+        let v = doc! {"minute": minute, "product": product, "units": int(s.value)};
+        put("cell", format!("{minute}|{product}"), s.next, v);
+    }
+    for (k, s) in keys
+        .spent
+        .iter()
+        .filter_map(|k| Some((k, part.spent.get(k)?)))
+    {
+        let v = doc! {"cents": s.value.cents, "invoices": int(s.value.invoices)};
+        put("spent", k.clone(), s.next, v);
+    }
+    for (k, s) in keys
+        .inventory
+        .iter()
+        .filter_map(|k| Some((k, part.inventory.get(k)?)))
+    {
+        put("inv", k.clone(), s.next, inventory_doc(&s.value));
+    }
+    for (k, s) in keys
+        .clients
+        .iter()
+        .filter_map(|k| Some((k, part.clients.get(k)?)))
+    {
+        put("client", k.clone(), s.next, client_doc(&s.value));
+    }
+    out
+}
+
+/// Keeps the slot that includes more of the partition (the larger `next`).
+fn merge<K: std::hash::Hash + Eq, T>(map: &mut HashMap<K, Slot<T>>, key: K, slot: Slot<T>) {
+    match map.entry(key) {
+        Entry::Vacant(e) => {
+            e.insert(slot);
+        }
+        Entry::Occupied(mut e) => {
+            if slot.next > e.get().next {
+                e.insert(slot);
+            }
+        }
+    }
+}
+
+/// Reads one stored key (an `analytics_state` document or an entry of an `analytics_log`
+/// document) into the partition; `logged` keys are remembered for the next compaction.
+fn read_key(part: &mut PartitionState, d: &Document, logged: bool) -> Result<()> {
+    let id = d.get_str("_id").map_or_else(
+        |_| {
+            let part = |k| d.get_str(k).unwrap_or_default();
+            format!("{LOG} entry {}|{}", part("k"), part("key"))
+        },
+        str::to_owned,
+    );
     let bad = |reason: &str| Error::Stored {
-        id: id.to_owned(),
+        id: id.clone(),
         reason: reason.to_owned(),
     };
     let field = |r: std::result::Result<i64, bson::document::ValueAccessError>, name: &str| {
@@ -279,19 +385,28 @@ fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
     };
     match d.get_str("k").unwrap_or_default() {
         "sold" => {
-            part.sold.insert(key, Slot::stored(uint("units")?, next));
+            if logged {
+                part.since_compaction.sold.insert(key.clone());
+            }
+            merge(&mut part.sold, key, Slot::stored(uint("units")?, next));
         }
         "cell" => {
             let minute = field(v.get_i64("minute"), "minute")?;
             let cell = (minute, text("product")?);
-            part.cells.insert(cell, Slot::stored(uint("units")?, next));
+            if logged {
+                part.since_compaction.cells.insert(cell.clone());
+            }
+            merge(&mut part.cells, cell, Slot::stored(uint("units")?, next));
         }
         "spent" => {
             let spent = Spent {
                 cents: field(v.get_i64("cents"), "cents")?,
                 invoices: uint("invoices")?,
             };
-            part.spent.insert(key, Slot::stored(spent, next));
+            if logged {
+                part.since_compaction.spent.insert(key.clone());
+            }
+            merge(&mut part.spent, key, Slot::stored(spent, next));
         }
         "inv" => {
             let record = Inventory {
@@ -310,7 +425,10 @@ fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
                     .map_err(|_| bad("bad `expiry_date`"))?,
                 batch_no: text("batch_no")?,
             };
-            part.inventory.insert(key, Slot::stored(record, next));
+            if logged {
+                part.since_compaction.inventory.insert(key.clone());
+            }
+            merge(&mut part.inventory, key, Slot::stored(record, next));
         }
         "client" => {
             let record = ClientRecord {
@@ -322,9 +440,133 @@ fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
                 )?,
                 loyalty_tier: text("loyalty_tier")?,
             };
-            part.clients.insert(key, Slot::stored(record, next));
+            if logged {
+                part.since_compaction.clients.insert(key.clone());
+            }
+            merge(&mut part.clients, key, Slot::stored(record, next));
         }
         other => return Err(bad(&format!("unknown kind `{other}`"))),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use mongodb::bson::doc;
+    use sluice_testkit::TestMongo;
+
+    use super::*;
+    use crate::model::{Input, LineItem, Sale};
+
+    const TP: &str = "t|0";
+
+    fn sale(client: &str, product: &str, quantity: u64) -> Input {
+        Input::Sale(Sale {
+            invoice_id: "I".into(),
+            client_id: client.into(),
+            timestamp: Utc.timestamp_opt(600, 0).single().expect("time"),
+            total_amount: 250,
+            items: vec![LineItem {
+                product_id: product.into(),
+                quantity,
+            }],
+        })
+    }
+
+    fn record(product: &str, batch: &str) -> Input {
+        Input::Inventory(Inventory {
+            product_id: product.into(),
+            name: "N".into(),
+            category: "dairy".into(),
+            buy_cents: 100,
+            sell_cents: 150,
+            min_margin_bp: 1500,
+            quantity: 3,
+            last_movement: Utc.timestamp_opt(60, 0).single().expect("time"),
+            expiry_date: NaiveDate::from_ymd_opt(2030, 1, 1).expect("date"),
+            batch_no: batch.into(),
+        })
+    }
+
+    fn client(id: &str) -> Input {
+        Input::Client(ClientRecord {
+            client_id: id.into(),
+            name: "C".into(),
+            reported_revenue_cents: 5,
+            loyalty_tier: "gold".into(),
+        })
+    }
+
+    /// The keys and offsets of two states are the same.
+    fn assert_same(got: &PartitionState, want: &PartitionState, when: &str) {
+        assert_eq!(got.next, want.stored_next, "{when}: offset");
+        assert_eq!(got.sold, want.sold, "{when}: sold");
+        assert_eq!(got.cells, want.cells, "{when}: cells");
+        assert_eq!(got.spent, want.spent, "{when}: spent");
+        assert_eq!(got.inventory, want.inventory, "{when}: inventory");
+        assert_eq!(got.clients, want.clients, "{when}: clients");
+    }
+
+    async fn save(store: &Store, part: &mut PartitionState) -> anyhow::Result<()> {
+        let n = store.save(TP, part).await?;
+        part.mark_stored(n);
+        Ok(())
+    }
+
+    async fn log_documents(mongo: &TestMongo) -> anyhow::Result<u64> {
+        Ok(mongo
+            .database()
+            .collection::<Document>(LOG)
+            .count_documents(doc! {})
+            .await?)
+    }
+
+    #[tokio::test]
+    async fn the_log_and_its_compaction_load_back_the_same_state() -> anyhow::Result<()> {
+        let mongo = TestMongo::create().await?;
+        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        let mut part = PartitionState::default();
+        for (offset, input) in [
+            sale("C1", "P1", 2),
+            record("P1", "B1"),
+            client("C1"),
+            sale("C2", "P1", 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            part.apply(offset as i64, input);
+        }
+        save(&store, &mut part).await?;
+        let before = part.clone();
+        let loaded = store.load(TP).await?;
+        assert_same(&loaded, &part, "from the log");
+        assert_eq!(loaded.logged, 6, "sold, cell, 2 × spent, inventory, client");
+        assert_eq!(loaded.since_compaction, Touched::all(&[&part]));
+
+        part.apply(4, sale("C1", "P1", 5));
+        part.apply(5, record("P1", "B2"));
+        save(&store, &mut part).await?;
+        assert_same(&store.load(TP).await?, &part, "from two log writes");
+
+        let written = store.compact(TP, &part).await?;
+        part.mark_compacted();
+        assert_eq!(written, 6, "every key once, however often it was logged");
+        assert_eq!(log_documents(&mongo).await?, 0, "the log is folded");
+        let loaded = store.load(TP).await?;
+        assert_same(&loaded, &part, "from the compacted keys");
+        assert_eq!(
+            (loaded.logged, loaded.since_compaction),
+            (0, Touched::default())
+        );
+
+        // A stale writer (the state before offset 4, e.g. a replica that lost the partition)
+        // logs its older keys: they neither win over the compacted ones nor go backwards.
+        let mut stale = before;
+        stale.touched = Touched::all(&[&stale]);
+        store.save(TP, &stale).await?;
+        assert_same(&store.load(TP).await?, &part, "with a stale log entry");
+        Ok(())
+    }
 }

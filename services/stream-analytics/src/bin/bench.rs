@@ -8,7 +8,7 @@
 //!    - the service: the real `sluice-analytics` binary as a child process, from its start until
 //!      MongoDB's stored offsets cover every sales message (so the time includes joining the
 //!      group, applying, writing the state and the results).
-//! 2. Latency: with the service caught up, sales at a steady `--rate` for `--seconds`; every
+//! 2. Latency: with the service caught up, sales at each steady `--rate` for `--seconds`; every
 //!    hundredth is a probe with a client id of its own, and the time from handing it to the
 //!    producer until its client document is in MongoDB's `clients` is recorded (MongoDB polled
 //!    every 5 ms).
@@ -71,9 +71,9 @@ struct Args {
     /// Partitions of the sales topic.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
-    /// Sales per second in the latency phase.
-    #[arg(long, default_value_t = 10_000)]
-    rate: u64,
+    /// Sales per second in the latency phase (repeat for several runs).
+    #[arg(long = "rate", default_values_t = [10_000, 2_000])]
+    rates: Vec<u64>,
     /// Length of the latency phase, seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -400,74 +400,113 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Phase 2: steady sales with probes; returns the sorted latencies in ms and the rate reached.
+/// Probe client id → when it was handed to the producer.
+type Probes = std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+/// Polls MongoDB every 5 ms for the probes' client documents; returns the latencies (ms) once
+/// `expected` probes were seen or `stop` fires.
+async fn watch_probes(
+    db: Database,
+    probes: Probes,
+    expected: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<f64>> {
+    let clients = db.collection::<Document>("clients");
+    let mut latencies = Vec::with_capacity(expected);
+    while latencies.len() < expected && !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let ids: Vec<String> = probes
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            continue;
+        }
+        let mut cursor = clients
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(doc! {"_id": 1})
+            .await?;
+        let seen = Instant::now();
+        while let Some(d) = cursor.try_next().await? {
+            let sent = d
+                .get_str("_id")
+                .ok()
+                .and_then(|id| probes.lock().ok()?.remove(id));
+            if let Some(t) = sent {
+                latencies.push((seen - t).as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+/// Phase 2: steady sales at `rate` with probes; returns the sorted latencies in ms and the
+/// rate reached.
 async fn latency(
     args: &Args,
+    rate: u64,
     kafka: &Kafka,
     names: &Names,
     db: &Database,
 ) -> anyhow::Result<(Vec<f64>, f64)> {
     let topic = names.topic("topic-raw-sales");
-    let clients = db.collection::<Document>("clients");
-    let mut rng = fastrand::Rng::with_seed(2);
+    let mut rng = fastrand::Rng::with_seed(rate);
     let tick = Duration::from_millis(10);
-    let per_tick = (args.rate / 100).max(1);
+    let per_tick = (rate / 100).max(1);
     let total = per_tick * 100 * args.seconds;
-    let mut sent_at: HashMap<String, Instant> = HashMap::new();
-    let mut latencies = Vec::new();
+    let probes = Probes::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let expected = usize::try_from(total.div_ceil(100)).unwrap_or(usize::MAX);
+    let watcher = tokio::spawn(watch_probes(
+        db.clone(),
+        probes.clone(),
+        expected,
+        stop.clone(),
+    ));
     let started = Instant::now();
     let mut next_tick = tokio::time::Instant::now();
     let mut sends = Vec::new();
-    let mut last_poll = Instant::now();
-    let mut i = 0u64;
     let base = now_ms();
-    while i < total || !sent_at.is_empty() {
-        if i < total {
-            for _ in 0..per_tick {
-                let probe = i.is_multiple_of(100);
-                let client = if probe {
-                    format!("probe-{i}")
-                } else {
-                    format!("C{:07}", rng.u64(0..args.clients))
-                };
-                let json = sale_json(&mut rng, 10_000_000 + i, &client, base, args.products);
-                let record = FutureRecord::to(&topic).key(&client).payload(&json);
-                match kafka.producer.send_result(record) {
-                    Ok(f) => sends.push(f),
-                    Err((e, _)) => bail!("produce: {e}"),
-                }
-                if probe {
-                    sent_at.insert(client, Instant::now());
-                }
-                i += 1;
-            }
+    for i in 0..total {
+        let probe = i.is_multiple_of(100);
+        let client = if probe {
+            format!("probe-{rate}-{i}")
+        } else {
+            format!("C{:07}", rng.u64(0..args.clients))
+        };
+        let json = sale_json(&mut rng, 10_000_000 + i, &client, base, args.products);
+        let record = FutureRecord::to(&topic).key(&client).payload(&json);
+        match kafka.producer.send_result(record) {
+            Ok(f) => sends.push(f),
+            Err((e, _)) => bail!("produce: {e}"),
+        }
+        if probe && let Ok(mut p) = probes.lock() {
+            p.insert(client, Instant::now());
+        }
+        if (i + 1).is_multiple_of(per_tick) {
             next_tick += tick;
             tokio::time::sleep_until(next_tick).await;
-        } else {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if last_poll.elapsed() >= Duration::from_millis(5) && !sent_at.is_empty() {
-            last_poll = Instant::now();
-            let ids: Vec<&String> = sent_at.keys().collect();
-            let mut cursor = clients
-                .find(doc! {"_id": {"$in": ids}})
-                .projection(doc! {"_id": 1})
-                .await?;
-            let seen = Instant::now();
-            while let Some(d) = cursor.try_next().await? {
-                if let Some(t) = d.get_str("_id").ok().and_then(|id| sent_at.remove(id)) {
-                    latencies.push((seen - t).as_secs_f64() * 1000.0);
-                }
-            }
-        }
-        if started.elapsed() > Duration::from_secs(args.seconds + 120) {
-            bail!("{} probes never became visible", sent_at.len());
         }
     }
     let produced = started.elapsed();
     for r in join_all(sends).await {
         r.map_err(|_| anyhow::anyhow!("a send was cancelled"))?
             .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    let timer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            stop.cancel();
+        }
+    });
+    let mut latencies = watcher.await??;
+    timer.abort();
+    if latencies.len() < expected {
+        eprintln!(
+            "   {} probes not visible after 120 s",
+            expected - latencies.len()
+        );
     }
     latencies.sort_by(f64::total_cmp);
     Ok((latencies, total as f64 / produced.as_secs_f64()))
@@ -572,20 +611,33 @@ async fn main() -> anyhow::Result<()> {
         peak
     );
 
-    println!(
-        "== 2. produce-to-visible latency at {} sales/s for {} s (every 100th sale a probe)",
-        args.rate, args.seconds
-    );
-    let (lat, reached) = latency(&args, &kafka, &names, &db).await?;
-    println!(
-        "   {} probes at {:.0} sales/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; RSS {:.1} MiB",
-        lat.len(),
-        reached,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(f64::NAN),
-        service.rss_mib()
-    );
+    let mut produced = args.sales;
+    for &rate in &args.rates {
+        println!(
+            "== 2. produce-to-visible latency at {rate} sales/s for {} s (every 100th sale a probe)",
+            args.seconds
+        );
+        let (lat, reached) = latency(&args, rate, &kafka, &names, &db).await?;
+        // The next rate starts with nothing left over from this one.
+        produced += rate / 100 * 100 * args.seconds;
+        wait_done(
+            &db,
+            &service,
+            &sales_topic,
+            produced,
+            Duration::from_secs(1800),
+        )
+        .await?;
+        println!(
+            "   {} probes at {:.0} sales/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; RSS {:.1} MiB",
+            lat.len(),
+            reached,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            service.rss_mib()
+        );
+    }
     service.stop().await?;
     drop_database(&db).await;
 

@@ -71,6 +71,9 @@ impl TestEnv {
             group_id: self.group.clone(),
             topic_prefix: self.prefix.clone(),
             flush_interval_ms: 100,
+            // Small, so every test also folds the log into per-key documents (and crashes
+            // land around compactions too).
+            compact_after_entries: 2_000,
             kafka_session_timeout_ms: 6_000,
             now: Some(NOW.into()),
             shutdown_timeout_ms: 10_000,
@@ -90,6 +93,7 @@ impl TestEnv {
             ("SLUICE_ANALYTICS_GROUP_ID", c.group_id),
             ("SLUICE_ANALYTICS_TOPIC_PREFIX", c.topic_prefix),
             ("SLUICE_ANALYTICS_FLUSH_INTERVAL_MS", "100".into()),
+            ("SLUICE_ANALYTICS_COMPACT_AFTER_ENTRIES", "2000".into()),
             ("SLUICE_ANALYTICS_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
             ("SLUICE_ANALYTICS_NOW", NOW.into()),
             ("RUST_LOG", "info".into()),
