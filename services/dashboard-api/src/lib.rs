@@ -12,7 +12,7 @@
 //! - [`api`]: the routes and the role each needs; [`web`]: the embedded page.
 //! - [`results`]: the analytics collections in MongoDB; [`system`]: the aggregator's figures.
 //! - [`input`]: accountant input validation; [`kafka`]: the idempotent producer and lag.
-//! - [`live`]: the broadcast with a bounded queue per client; `watchers`: one poll per source.
+//! - [`live`]: the fan-out with a bounded queue per client; `watchers`: one poll per source.
 //! - [`metrics`]: Prometheus metrics; [`cli`]: `sluice-dashboard user add`.
 //!
 //! [`App::build`] connects, migrates and binds; [`App::run`] serves until the token is
@@ -289,6 +289,9 @@ impl App {
                 interval,
                 stop.clone(),
             ));
+        }
+        for shard in state.hub.fan_out(&state.metrics, &stop) {
+            tasks.spawn(shard);
         }
         tasks.spawn(watchers::watch_system(
             state.system.clone(),
