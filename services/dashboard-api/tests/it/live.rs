@@ -154,6 +154,61 @@ async fn a_client_that_never_reads_does_not_delay_one_that_does() -> anyhow::Res
 }
 
 #[tokio::test]
+async fn every_socket_gets_the_updates_in_order_and_the_last_one() -> anyhow::Result<()> {
+    let env = Env::create().await?;
+    env.users().await?;
+    let app = Running::start(Config {
+        ws_per_session: 64,
+        ..env.config()
+    })
+    .await?;
+    let viewer = app.login("viewer").await?;
+    let mut sockets = Vec::new();
+    for _ in 0..48 {
+        let mut ws = viewer.websocket("winners,loss_risk").await?;
+        // Both topics' current state first: the socket is being served.
+        for topic in ["winners", "loss_risk"] {
+            next_snapshot(&mut ws, topic, Duration::from_secs(5), |_| true).await?;
+        }
+        sockets.push(ws);
+    }
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Some(Ok(msg)) = ws.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                    // Only the published winners: loss_risk must not arrive here unasked
+                    // either, and its watcher's snapshots carry no `seq`.
+                    if let Some(seq) = v["data"]["seq"].as_u64() {
+                        assert_eq!(v["topic"], "winners", "{v}");
+                        seen.push(seq);
+                        if seq == 29 {
+                            break;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for seq in 0..30_u64 {
+        ticker.tick().await;
+        app.hub.publish("winners", &json!({"seq": seq}));
+    }
+    for reader in readers {
+        let seen = tokio::time::timeout(Duration::from_secs(10), reader).await??;
+        // A socket may skip to the latest state, never go back or repeat one.
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&29), "{seen:?}");
+    }
+    app.stop().await
+}
+
+#[tokio::test]
 async fn shutdown_closes_sockets_as_going_away() -> anyhow::Result<()> {
     let env = Env::create().await?;
     env.users().await?;
