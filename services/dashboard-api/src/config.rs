@@ -62,7 +62,8 @@ pub struct Config {
     pub admin_password: Option<Secret<String>>,
     /// How often each watched collection is polled for a change, ms.
     pub poll_interval_ms: u64,
-    /// Messages a WebSocket client may have waiting before it skips to the latest state.
+    /// Frames a live-update fan-out shard may fall behind before it skips to the latest state
+    /// (a client itself keeps at most one pending frame per topic).
     pub client_queue: usize,
     /// A WebSocket write taking longer than this disconnects the client, ms.
     pub send_timeout_ms: u64,
