@@ -99,31 +99,32 @@ async fn send_own(sub: &Subscriber, ctx: &ClientCtx, message: Message) -> Result
     drain(sub, ctx).await
 }
 
-/// Flushes the socket and writes what is pending, each within the send timeout, until nothing
-/// is left; then opens the socket to the fan-out again.
+/// Flushes the socket and writes what is pending (fed together, then one flush), each step
+/// within the send timeout, until nothing is left; then opens the socket to the fan-out again.
 async fn drain(sub: &Subscriber, ctx: &ClientCtx) -> Result<(), Gone> {
     loop {
         with_ws(sub, ctx.send_timeout, |ws, cx| ws.poll_flush(cx)).await?;
-        let frame = {
+        let frames: Vec<_> = {
             let mut conn = sub.lock();
             match conn.flow {
                 Flow::Closed => return Err(Gone),
                 Flow::Open => return Ok(()),
                 Flow::Blocked => {}
             }
-            match conn.pending.iter_mut().find_map(Option::take) {
-                Some(frame) => frame,
-                None => {
-                    conn.flow = Flow::Open;
-                    return Ok(());
-                }
+            let frames: Vec<_> = conn.pending.iter_mut().filter_map(Option::take).collect();
+            if frames.is_empty() {
+                conn.flow = Flow::Open;
+                return Ok(());
             }
+            frames
         };
-        with_ws(sub, ctx.send_timeout, |ws, cx| ws.poll_ready(cx)).await?;
-        Pin::new(&mut sub.lock().ws)
-            .start_send(Message::Text(frame.text))
-            .map_err(|_| Gone)?;
-        ctx.metrics.ws_sent.inc();
+        for frame in frames {
+            with_ws(sub, ctx.send_timeout, |ws, cx| ws.poll_ready(cx)).await?;
+            Pin::new(&mut sub.lock().ws)
+                .start_send(Message::Text(frame.text))
+                .map_err(|_| Gone)?;
+            ctx.metrics.ws_sent.inc();
+        }
     }
 }
 

@@ -61,34 +61,44 @@ pub(crate) struct Conn {
     pub(crate) pending: [Option<Frame>; TOPIC_COUNT],
 }
 
-/// How a write that must not wait went.
-enum Write {
+/// A frame of one fan-out round: the frame, its topic, and how many older frames of that
+/// topic it replaced before the round began.
+pub(crate) struct Update {
+    frame: Frame,
+    topic: usize,
+    superseded: u64,
+}
+
+/// What a socket's buffer did with what the fan-out gave it, which must not wait.
+#[derive(PartialEq, Eq)]
+enum Took {
     /// On the wire (in the kernel's buffer).
-    Done,
+    All,
     /// Taken, but part of it is still in the socket's own buffer.
     Partly,
-    /// Not taken: the socket's buffer is still full from before.
-    Refused,
     Failed,
 }
 
 impl Conn {
-    /// Writes `message` without waiting.
-    fn write_now(&mut self, message: Message) -> Write {
+    /// Queues `message` in the socket's buffer without waiting; false when the buffer is still
+    /// full from before.
+    fn feed_now(&mut self, message: Message) -> Result<bool, ()> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut ws = Pin::new(&mut self.ws);
         match ws.as_mut().poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(_)) => return Write::Failed,
-            Poll::Pending => return Write::Refused,
+            Poll::Ready(Ok(())) => ws.start_send(message).map(|()| true).map_err(drop),
+            Poll::Ready(Err(_)) => Err(()),
+            Poll::Pending => Ok(false),
         }
-        if ws.as_mut().start_send(message).is_err() {
-            return Write::Failed;
-        }
-        match ws.poll_flush(&mut cx) {
-            Poll::Ready(Ok(())) => Write::Done,
-            Poll::Ready(Err(_)) => Write::Failed,
-            Poll::Pending => Write::Partly,
+    }
+
+    /// Writes the buffer without waiting: one system call for every frame fed since the last.
+    fn flush_now(&mut self) -> Took {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut self.ws).poll_flush(&mut cx) {
+            Poll::Ready(Ok(())) => Took::All,
+            Poll::Ready(Err(_)) => Took::Failed,
+            Poll::Pending => Took::Partly,
         }
     }
 }
@@ -146,45 +156,56 @@ impl Subscriber {
         self.gone.store(true, Ordering::Release);
     }
 
-    /// Gives it `frame` (of topic `t`, which `superseded` newer-than-sent frames were skipped
-    /// for); false when the socket is closed and the shard should forget it.
-    fn offer(&self, frame: &Frame, t: usize, superseded: u64, tally: &mut Tally) -> bool {
+    /// Gives it this round's updates of its topics: written at once when it is open (fed,
+    /// then one flush), kept pending otherwise. False when the socket is closed and the shard
+    /// should forget it.
+    fn offer(&self, updates: &[Update], tally: &mut Tally) -> bool {
         if self.gone.load(Ordering::Acquire) {
             return false;
         }
-        if !self.topics[t] {
+        let mut wanted = updates.iter().filter(|u| self.topics[u.topic]).peekable();
+        if wanted.peek().is_none() {
             return true;
         }
-        tally.skipped += superseded;
         let mut conn = self.lock();
-        let written = match conn.flow {
-            Flow::Closed => return false,
-            Flow::Blocked => {
-                if conn.pending[t].replace(frame.clone()).is_some() {
-                    tally.skipped += 1;
-                }
-                return true;
-            }
-            Flow::Open => conn.write_now(Message::Text(frame.text.clone())),
-        };
-        match written {
-            Write::Done => {
-                tally.sent += 1;
-                return true;
-            }
-            Write::Partly => {
-                tally.sent += 1;
-                conn.flow = Flow::Blocked;
-            }
-            Write::Refused => {
-                conn.pending[t] = Some(frame.clone());
-                conn.flow = Flow::Blocked;
-            }
-            Write::Failed => conn.flow = Flow::Closed,
+        if conn.flow == Flow::Closed {
+            return false;
         }
-        let closed = conn.flow == Flow::Closed;
+        let was_open = conn.flow == Flow::Open;
+        let mut fed = false;
+        for u in wanted {
+            tally.skipped += u.superseded;
+            if conn.flow == Flow::Open {
+                match conn.feed_now(Message::Text(u.frame.text.clone())) {
+                    Ok(true) => {
+                        tally.sent += 1;
+                        fed = true;
+                        continue;
+                    }
+                    Ok(false) => conn.flow = Flow::Blocked,
+                    Err(()) => {
+                        conn.flow = Flow::Closed;
+                        break;
+                    }
+                }
+            }
+            if conn.pending[u.topic].replace(u.frame.clone()).is_some() {
+                tally.skipped += 1;
+            }
+        }
+        if fed && conn.flow != Flow::Closed {
+            match conn.flush_now() {
+                Took::All => {}
+                Took::Partly => conn.flow = Flow::Blocked,
+                Took::Failed => conn.flow = Flow::Closed,
+            }
+        }
+        let (open, closed) = (conn.flow == Flow::Open, conn.flow == Flow::Closed);
         drop(conn);
-        self.takeover.notify_one();
+        if was_open && !open {
+            // Blocked or closed in this round: the socket's task takes over.
+            self.takeover.notify_one();
+        }
         !closed
     }
 }
@@ -212,35 +233,42 @@ fn collect(
     hub: &Hub,
     rx: &mut broadcast::Receiver<Frame>,
     first: Result<Frame, RecvError>,
-) -> Option<Vec<(Frame, u64)>> {
-    let mut newest: [Option<(Frame, u64)>; TOPIC_COUNT] = Default::default();
-    let mut lagged = false;
-    let mut put = |frame: Frame| {
-        if let Some(t) = topic_index(frame.topic) {
-            let superseded = newest[t].take().map_or(0, |(_, n)| n + 1);
-            newest[t] = Some((frame, superseded));
+) -> Option<Vec<Update>> {
+    fn put(newest: &mut [Option<Update>; TOPIC_COUNT], frame: Frame) {
+        if let Some(topic) = topic_index(frame.topic) {
+            let superseded = newest[topic].take().map_or(0, |u| u.superseded + 1);
+            newest[topic] = Some(Update {
+                frame,
+                topic,
+                superseded,
+            });
         }
-    };
+    }
+    let mut newest: [Option<Update>; TOPIC_COUNT] = Default::default();
+    let mut lagged = false;
     match first {
-        Ok(frame) => put(frame),
+        Ok(frame) => put(&mut newest, frame),
         Err(RecvError::Lagged(_)) => lagged = true,
         Err(RecvError::Closed) => return None,
     }
     loop {
         match rx.try_recv() {
-            Ok(frame) => put(frame),
+            Ok(frame) => put(&mut newest, frame),
             Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
             Err(_) => break,
         }
     }
     if lagged {
         // A shard that fell a whole queue behind: every topic's latest state, skips uncounted.
-        return Some(hub.latest_all().into_iter().map(|f| (f, 0)).collect());
+        newest = Default::default();
+        for frame in hub.latest_all() {
+            put(&mut newest, frame);
+        }
     }
     Some(newest.into_iter().flatten().collect())
 }
 
-/// One shard: waits for frames and offers each to every socket it holds.
+/// One shard: waits for frames and offers them to every socket it holds.
 pub(crate) async fn run_shard(
     hub: Arc<Hub>,
     joins: Arc<Joins>,
@@ -254,26 +282,21 @@ pub(crate) async fn run_shard(
             () = shutdown.cancelled() => return,
             first = rx.recv() => first,
         };
-        let Some(frames) = collect(&hub, &mut rx, first) else {
+        let Some(updates) = collect(&hub, &mut rx, first) else {
             return;
         };
         subs.append(&mut joins.take());
         let mut tally = Tally::default();
-        for (frame, superseded) in &frames {
-            let Some(t) = topic_index(frame.topic) else {
-                continue;
-            };
-            let (mut i, mut visited) = (0, 0);
-            while i < subs.len() {
-                if subs[i].offer(frame, t, *superseded, &mut tally) {
-                    i += 1;
-                } else {
-                    subs.swap_remove(i);
-                }
-                visited += 1;
-                if visited % YIELD_EVERY == 0 {
-                    tokio::task::yield_now().await;
-                }
+        let (mut i, mut visited) = (0, 0);
+        while i < subs.len() {
+            if subs[i].offer(&updates, &mut tally) {
+                i += 1;
+            } else {
+                subs.swap_remove(i);
+            }
+            visited += 1;
+            if visited % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
             }
         }
         metrics.ws_sent.inc_by(tally.sent);
