@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::future::OptionFuture;
+use mongodb::bson::Document;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer as _},
@@ -26,10 +28,10 @@ use crate::{
     kafka::{self, GroupConsumer, RebalanceEvent},
     metrics::AnalyticsMetrics,
     model::{self, Kind},
-    results::{self, Rules, Stored},
+    results::{self, Change, Rules, Stored},
     retry::retry,
     state::{PartitionState, Touched, View},
-    store::{Store, tp_id},
+    store::{self, Store, tp_id},
 };
 
 /// Next offset of each owned partition, shared with the lag reporter.
@@ -41,9 +43,80 @@ struct Owned {
     topic: String,
     partition: i32,
     state: PartitionState,
+    /// First offset whose processing is not durable in MongoDB yet (what Kafka may commit).
+    durable: i64,
     /// The position was checked against MongoDB's offset (and corrected by a seek).
     checked: bool,
 }
+
+/// What one partition's flush writes, prepared from its state in memory.
+#[derive(Debug)]
+struct PartWrite {
+    tp: String,
+    next: i64,
+    entries: Vec<Document>,
+    /// Every key logged since the last compaction, to fold the log into.
+    compaction: Option<Vec<Document>>,
+}
+
+/// The writes of one flush: prepared while consuming waits, done while it goes on.
+#[derive(Debug)]
+struct Writes {
+    parts: Vec<PartWrite>,
+    changes: Vec<Change>,
+    messages: usize,
+    started: Instant,
+}
+
+/// What a finished flush wrote.
+#[derive(Debug)]
+struct Written {
+    writes: Writes,
+    documents: usize,
+    state_took: Duration,
+}
+
+/// Does the writes in order: each partition's log entries and offset (and its compaction),
+/// then the results; `None` once `stop` came first.
+async fn write(
+    store: Store,
+    metrics: AnalyticsMetrics,
+    stop: CancellationToken,
+    writes: Writes,
+) -> Option<Written> {
+    let mut documents = 0;
+    for w in &writes.parts {
+        let entries = &w.entries;
+        documents += retry("write state", &stop, &metrics, || {
+            store.save_entries(&w.tp, w.next, entries)
+        })
+        .await?;
+        if let Some(keys) = &w.compaction {
+            let n = retry("compact state", &stop, &metrics, || {
+                store.compact_entries(&w.tp, w.next, keys)
+            })
+            .await?;
+            tracing::debug!(tp = %w.tp, keys = n, "log compacted");
+            documents += n;
+        }
+    }
+    let state_took = writes.started.elapsed();
+    if !writes.changes.is_empty() {
+        let changes = &writes.changes;
+        documents += retry("write results", &stop, &metrics, || {
+            store.write_results(changes)
+        })
+        .await?;
+    }
+    Some(Written {
+        writes,
+        documents,
+        state_took,
+    })
+}
+
+/// A flush whose writes are under way.
+type Job = tokio::task::JoinHandle<Option<Written>>;
 
 /// The loop's state.
 pub(crate) struct Pipeline {
@@ -132,6 +205,12 @@ impl Pipeline {
     }
 
     /// Runs until `shutdown`, then flushes what was processed and commits it.
+    ///
+    /// A flush is prepared from the state in memory (which keys to log, which documents
+    /// changed) while consuming waits; its writes then run while consuming goes on, up to
+    /// `flush_batch` messages ahead. The next flush starts once they are done and the
+    /// interval has passed (or `flush_batch` messages wait), so under a backlog batches grow
+    /// to what MongoDB takes in the time, and keys repeated within a batch are written once.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let stored = retry("read results", &shutdown, &self.metrics, || {
             self.store.load_results()
@@ -139,29 +218,48 @@ impl Pipeline {
         .await;
         let Some(stored) = stored else { return };
         self.stored = Stored::of(&stored);
+        // Writes stop only at the shutdown deadline: one under way may finish first.
+        let writes_stop = CancellationToken::new();
         // Results behind the state (a crash after the state was written) are caught up here.
-        if !self.flush(&shutdown).await {
+        if !self.flush_now(&shutdown, &writes_stop).await {
             return;
         }
         let consumer = self.consumer.clone();
-        let mut due = self.next_flush(Duration::ZERO);
+        let mut job: Option<Job> = None;
+        let mut due = tokio::time::Instant::now() + self.flush_interval;
+        let mut intact = true;
         loop {
+            let writing = job.is_some();
+            let room = !writing || self.pending < self.flush_batch;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep_until(due) => {
-                    let started = Instant::now();
-                    self.flush(&shutdown).await;
-                    due = self.next_flush(started.elapsed());
+                Some(done) = OptionFuture::from(job.as_mut()), if writing => {
+                    job = None;
+                    match done {
+                        Ok(Some(written)) => self.finish(written),
+                        Ok(None) | Err(_) => {
+                            intact = false;
+                            break;
+                        }
+                    }
                 }
-                msg = consumer.recv() => match msg {
+                () = tokio::time::sleep_until(due), if !writing => {
+                    due = tokio::time::Instant::now() + self.flush_interval;
+                    match self.start_flush(&shutdown, &writes_stop).await {
+                        Some(started) => job = started,
+                        None => break,
+                    }
+                }
+                msg = consumer.recv(), if room => match msg {
                     Ok(msg) => {
                         self.handle(&msg, &shutdown).await;
                         drop(msg);
-                        if self.pending >= self.flush_batch {
-                            let started = Instant::now();
-                            if self.flush(&shutdown).await {
-                                due = self.next_flush(started.elapsed());
+                        if job.is_none() && self.pending >= self.flush_batch {
+                            due = tokio::time::Instant::now() + self.flush_interval;
+                            match self.start_flush(&shutdown, &writes_stop).await {
+                                Some(started) => job = started,
+                                None => break,
                             }
                         }
                     }
@@ -169,14 +267,21 @@ impl Pipeline {
                 },
             }
         }
-        let deadline = CancellationToken::new();
-        let guard = deadline.clone();
         let timeout = self.shutdown_timeout;
+        let guard = writes_stop.clone();
         let timer = tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
             guard.cancel();
         });
-        let flushed = self.flush(&deadline).await;
+        if intact && let Some(pending_job) = job.take() {
+            match pending_job.await {
+                Ok(Some(written)) => self.finish(written),
+                Ok(None) | Err(_) => intact = false,
+            }
+        }
+        // After a flush that did not finish, nothing more is written: its keys are no longer
+        // in memory as changed, so a later offset would claim them.
+        let flushed = intact && self.flush_now(&writes_stop, &writes_stop).await;
         timer.abort();
         if flushed {
             let tpl = self.committable();
@@ -197,13 +302,23 @@ impl Pipeline {
         tracing::info!(partitions = self.parts.len(), "pipeline stopped");
     }
 
-    /// When the next flush is due after one that took `took`: the interval, or as long as that
-    /// flush took if longer. A flush costs about the keys it writes, and keys repeat, so under
-    /// a backlog (or a slow MongoDB) batches grow until consuming takes as long as writing,
-    /// instead of the writes falling ever further behind; at a steady rate that MongoDB
-    /// keeps up with, the interval rules.
-    fn next_flush(&self, took: Duration) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.flush_interval.max(took)
+    /// A whole flush, waiting for its writes; false if `stop` or `writes_stop` came first.
+    async fn flush_now(
+        &mut self,
+        stop: &CancellationToken,
+        writes_stop: &CancellationToken,
+    ) -> bool {
+        match self.start_flush(stop, writes_stop).await {
+            None => false,
+            Some(None) => true,
+            Some(Some(job)) => match job.await {
+                Ok(Some(written)) => {
+                    self.finish(written);
+                    true
+                }
+                Ok(None) | Err(_) => false,
+            },
+        }
     }
 
     fn apply_rebalance(&mut self) {
@@ -248,6 +363,7 @@ impl Pipeline {
             let owned = Owned {
                 topic: topic.to_owned(),
                 partition,
+                durable: state.next,
                 state,
                 checked: false,
             };
@@ -316,48 +432,44 @@ impl Pipeline {
 
     fn committable(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
-        for o in self.parts.values().filter(|o| o.state.stored_next > 0) {
-            let _ = tpl.add_partition_offset(
-                &o.topic,
-                o.partition,
-                Offset::Offset(o.state.stored_next),
-            );
+        for o in self.parts.values().filter(|o| o.durable > 0) {
+            let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.durable));
         }
         tpl
     }
 
-    /// Writes changed state, then changed results, then commits; false if `stop` came first.
-    async fn flush(&mut self, stop: &CancellationToken) -> bool {
+    /// Prepares a flush from the state in memory and starts its writes: the changed keys of
+    /// each partition, then the result documents they change. `None` if `stop` came first;
+    /// `Some(None)` when nothing needed writing.
+    async fn start_flush(
+        &mut self,
+        stop: &CancellationToken,
+        writes_stop: &CancellationToken,
+    ) -> Option<Option<Job>> {
         self.apply_rebalance();
         let started = Instant::now();
-        let mut written = 0;
-        let mut changed = false;
         let mut touched = Touched::default();
-        let (store, metrics) = (&self.store, &self.metrics);
+        let mut parts = Vec::new();
         for (tp, owned) in self.parts.iter_mut().filter(|(_, o)| o.state.has_changes()) {
-            let state = &owned.state;
-            let Some(n) = retry("write state", stop, metrics, || store.save(tp, state)).await
-            else {
-                return false;
-            };
-            touched.extend(owned.state.mark_stored(n));
-            written += n;
-            changed = true;
-            if owned.state.logged >= self.compact_after {
-                let state = &owned.state;
-                let Some(n) =
-                    retry("compact state", stop, metrics, || store.compact(tp, state)).await
-                else {
-                    return false;
-                };
-                tracing::debug!(%tp, keys = n, "log compacted");
-                owned.state.mark_compacted();
-                written += n;
-            }
+            let state = &mut owned.state;
+            let entries = store::entries(state, &state.touched);
+            let next = state.next;
+            touched.extend(state.mark_stored(entries.len()));
+            let compaction = (state.logged >= self.compact_after).then(|| {
+                let keys = store::entries(state, &state.since_compaction);
+                state.mark_compacted();
+                keys
+            });
+            parts.push(PartWrite {
+                tp: tp.clone(),
+                next,
+                entries,
+                compaction,
+            });
         }
-        let Some(offsets) = retry("read offsets", stop, metrics, || store.offsets()).await else {
-            return false;
-        };
+        let changed = !parts.is_empty();
+        let (store, metrics) = (&self.store, &self.metrics);
+        let offsets = retry("read offsets", stop, metrics, || store.offsets()).await?;
         self.consumer.context().set_stored_offsets(&offsets);
         let others_changed = match &self.derived_from {
             None => true,
@@ -372,17 +484,9 @@ impl Pipeline {
         let changes = if others_changed || self.reload_results || self.rebuild {
             // From scratch: every partition's state, every document compared.
             let mine: Vec<String> = self.parts.keys().cloned().collect();
-            let Some(others) =
-                retry("read state", stop, metrics, || store.load_others(&mine)).await
-            else {
-                return false;
-            };
+            let others = retry("read state", stop, metrics, || store.load_others(&mine)).await?;
             if self.reload_results || !others.is_empty() {
-                let Some(docs) =
-                    retry("read results", stop, metrics, || store.load_results()).await
-                else {
-                    return false;
-                };
+                let docs = retry("read results", stop, metrics, || store.load_results()).await?;
                 self.stored = Stored::of(&docs);
                 self.reload_results = false;
             }
@@ -413,39 +517,60 @@ impl Pipeline {
         } else {
             Vec::new()
         };
-        if !changes.is_empty() {
-            let Some(n) = retry("write results", stop, metrics, || {
-                store.write_results(&changes)
-            })
-            .await
-            else {
-                return false;
-            };
-            self.stored.apply(&changes);
-            written += n;
-        }
         self.derived_from = Some(offsets);
-        if changed {
+        let messages = std::mem::take(&mut self.pending);
+        if parts.is_empty() && changes.is_empty() {
+            self.metrics.idle_flushes.inc();
+            self.metrics.last_flush.set(chrono::Utc::now().timestamp());
+            return Some(None);
+        }
+        let writes = Writes {
+            parts,
+            changes,
+            messages,
+            started,
+        };
+        let job = write(
+            self.store.clone(),
+            self.metrics.clone(),
+            writes_stop.clone(),
+            writes,
+        );
+        Some(Some(tokio::spawn(job)))
+    }
+
+    /// After a flush's writes: its offsets are durable (and committed to Kafka), the stored
+    /// result digests are what it wrote.
+    fn finish(&mut self, done: Written) {
+        let writes = &done.writes;
+        for w in &writes.parts {
+            if let Some(owned) = self.parts.get_mut(&w.tp) {
+                owned.durable = owned.durable.max(w.next);
+            }
+        }
+        self.stored.apply(&writes.changes);
+        if !writes.parts.is_empty() {
             let tpl = self.committable();
             if let Err(err) = self.consumer.commit(&tpl, CommitMode::Async) {
                 tracing::warn!(error = %err, "Kafka commit failed (MongoDB holds the offsets)");
             }
             if let Ok(mut p) = self.positions.lock() {
                 for o in self.parts.values() {
-                    p.insert((o.topic.clone(), o.partition), o.state.stored_next);
+                    p.insert((o.topic.clone(), o.partition), o.durable);
                 }
             }
         }
-        if written == 0 && !changed {
-            self.metrics.idle_flushes.inc();
-        } else {
-            self.metrics
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.documents_written.inc_by(written as u64);
-        }
+        let took = writes.started.elapsed();
+        tracing::debug!(
+            messages = writes.messages,
+            documents = done.documents,
+            results = writes.changes.len(),
+            took_ms = took.as_millis() as u64,
+            state_ms = done.state_took.as_millis() as u64,
+            "flushed"
+        );
+        self.metrics.flush_seconds.observe(took.as_secs_f64());
+        self.metrics.documents_written.inc_by(done.documents as u64);
         self.metrics.last_flush.set(chrono::Utc::now().timestamp());
-        self.pending = 0;
-        true
     }
 }

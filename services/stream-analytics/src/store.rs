@@ -130,12 +130,22 @@ impl Store {
         Ok(parts)
     }
 
-    /// Appends a partition's changed keys to the log (one insert per 10,000 keys, instead of
-    /// an update per key), then writes its offset; the caller then marks them stored.
-    #[tracing::instrument(skip(self, part), fields(next = part.next))]
+    /// Appends a partition's changed keys to the log, then writes its offset.
+    #[cfg(test)]
     pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<usize> {
-        let entries = entries(part, &part.touched);
-        let written = entries.len();
+        self.save_entries(tp, part.next, &entries(part, &part.touched))
+            .await
+    }
+
+    /// Appends keys ([`entries`]) to a partition's log (one insert per 10,000 keys, instead of
+    /// an update per key), then sets its offset to `next` unless a greater one is stored.
+    #[tracing::instrument(skip(self, entries), fields(entries = entries.len()))]
+    pub(crate) async fn save_entries(
+        &self,
+        tp: &str,
+        next: i64,
+        entries: &[Document],
+    ) -> Result<usize> {
         // Unique per write: a replay may log the same keys again, which loading merges.
         let nonce = fastrand::u64(..);
         let docs: Vec<Document> = entries
@@ -143,8 +153,8 @@ impl Store {
             .enumerate()
             .map(|(i, chunk)| {
                 doc! {
-                    "_id": format!("{tp}|{}|{nonce:016x}|{i}", part.next), "tp": tp,
-                    "next": part.next, "entries": chunk,
+                    "_id": format!("{tp}|{next}|{nonce:016x}|{i}"), "tp": tp,
+                    "next": next, "entries": chunk,
                 }
             })
             .collect();
@@ -158,44 +168,57 @@ impl Store {
         let (topic, partition) = tp.rsplit_once('|').unwrap_or((tp, "0"));
         let offset = doc! {
             "_id": tp, "topic": topic, "partition": partition.parse::<i32>().unwrap_or(0),
-            "next": part.next, "updated_at": crate::model::bson_time(Utc::now()),
+            "next": next, "updated_at": crate::model::bson_time(Utc::now()),
         };
-        let stmt = doc! {"q": {"_id": tp, "next": {"$lt": part.next}}, "u": offset, "upsert": true};
+        let stmt = doc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": offset, "upsert": true};
         self.upsert(OFFSETS, vec![stmt]).await?;
-        Ok(written)
+        Ok(entries.len())
     }
 
-    /// Folds a partition's log into one document per key: writes every key logged since the
-    /// last compaction (each replaced only if the stored `next` is lower, so a stale writer
-    /// cannot go backwards), then deletes the log documents that state covers. `part` must be
-    /// fully stored (right after a flush). Returns the keys written.
-    #[tracing::instrument(skip(self, part), fields(next = part.stored_next))]
+    /// Folds a partition's log, as [`Store::compact_entries`] with every key logged since the
+    /// last compaction.
+    #[cfg(test)]
     pub(crate) async fn compact(&self, tp: &str, part: &PartitionState) -> Result<usize> {
-        let stmts: Vec<Document> = entries(part, &part.since_compaction)
-            .into_iter()
-            .map(|mut e| {
-                let (kind, key) = (
+        self.compact_entries(tp, part.stored_next, &entries(part, &part.since_compaction))
+            .await
+    }
+
+    /// Folds a partition's log into one document per key: writes `keys` (every key logged
+    /// since the last compaction, as stored up to offset `next`), each replaced only if the
+    /// stored `next` is lower, so a stale writer cannot go backwards; then deletes the log
+    /// documents that state covers. Returns the keys written.
+    #[tracing::instrument(skip(self, keys), fields(keys = keys.len()))]
+    pub(crate) async fn compact_entries(
+        &self,
+        tp: &str,
+        next: i64,
+        keys: &[Document],
+    ) -> Result<usize> {
+        let stmts: Vec<Document> = keys
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                let id = format!(
+                    "{tp}|{}|{}",
                     e.get_str("k").unwrap_or_default(),
-                    e.get_str("key").unwrap_or_default(),
+                    e.get_str("key").unwrap_or_default()
                 );
-                let id = format!("{tp}|{kind}|{key}");
-                let next = e.get_i64("next").unwrap_or(0);
+                let key_next = e.get_i64("next").unwrap_or(0);
                 e.insert("_id", &id);
                 e.insert("tp", tp);
-                doc! {"q": {"_id": id, "next": {"$lt": next}}, "u": e, "upsert": true}
+                doc! {"q": {"_id": id, "next": {"$lt": key_next}}, "u": e, "upsert": true}
             })
             .collect();
-        let written = stmts.len();
         self.upsert(STATE, stmts).await?;
         let reply = self
             .db
             .run_command(doc! {
                 "delete": LOG,
-                "deletes": [{"q": {"tp": tp, "next": {"$lte": part.stored_next}}, "limit": 0}],
+                "deletes": [{"q": {"tp": tp, "next": {"$lte": next}}, "limit": 0}],
             })
             .await?;
         check_write_errors(LOG, &reply)?;
-        Ok(written)
+        Ok(keys.len())
     }
 
     /// Runs `update` statements in chunks; a duplicate key on a conditional upsert means the
@@ -297,8 +320,8 @@ fn client_doc(c: &ClientRecord) -> Document {
     }
 }
 
-/// `{k, key, next, v}` for each of `keys` the partition holds.
-fn entries(part: &PartitionState, keys: &Touched) -> Vec<Document> {
+/// `{k, key, next, v}` for each of `keys` the partition holds: a log entry.
+pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<Document> {
     let mut out = Vec::new();
     let mut put = |kind: &str, key: String, next: i64, v: Document| {
         out.push(doc! {"k": kind, "key": key, "next": next, "v": v});

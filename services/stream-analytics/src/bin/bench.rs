@@ -24,7 +24,6 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -309,8 +308,11 @@ impl Service {
             )
             .env("SLUICE_ANALYTICS_TOPIC_PREFIX", &names.prefix)
             .env("SLUICE_ANALYTICS_NOW", NOW)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()

@@ -74,6 +74,8 @@ impl TestEnv {
             // Small, so every test also folds the log into per-key documents (and crashes
             // land around compactions too).
             compact_after_entries: 2_000,
+            // Small batches: many flushes, so a kill lands between two of them.
+            flush_batch_size: 5_000,
             kafka_session_timeout_ms: 6_000,
             now: Some(NOW.into()),
             shutdown_timeout_ms: 10_000,
@@ -94,6 +96,7 @@ impl TestEnv {
             ("SLUICE_ANALYTICS_TOPIC_PREFIX", c.topic_prefix),
             ("SLUICE_ANALYTICS_FLUSH_INTERVAL_MS", "100".into()),
             ("SLUICE_ANALYTICS_COMPACT_AFTER_ENTRIES", "2000".into()),
+            ("SLUICE_ANALYTICS_FLUSH_BATCH_SIZE", "5000".into()),
             ("SLUICE_ANALYTICS_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
             ("SLUICE_ANALYTICS_NOW", NOW.into()),
             ("RUST_LOG", "info".into()),
