@@ -95,6 +95,7 @@ bench: deps ## benchmarks; figures go to docs/benchmarks.md
 	$(CARGO) bench -p sluice-resilience
 	scripts/bench/aggregator.sh
 	scripts/bench/producer.sh
+	scripts/bench/analytics.sh
 	scripts/bench/dashboard.sh
 
 doc: ## API documentation
