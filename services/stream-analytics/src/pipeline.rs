@@ -13,7 +13,7 @@ use std::{
 };
 
 use futures::future::OptionFuture;
-use mongodb::bson::Document;
+use mongodb::bson::RawDocumentBuf;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer as _},
@@ -54,9 +54,9 @@ struct Owned {
 struct PartWrite {
     tp: String,
     next: i64,
-    entries: Vec<Document>,
+    entries: Vec<RawDocumentBuf>,
     /// Every key logged since the last compaction, to fold the log into.
-    compaction: Option<Vec<Document>>,
+    compaction: Option<Vec<RawDocumentBuf>>,
 }
 
 /// The writes of one flush: prepared while consuming waits, done while it goes on.

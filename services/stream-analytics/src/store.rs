@@ -18,7 +18,7 @@ use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Client, Database,
-    bson::{self, Bson, Document, doc},
+    bson::{self, Bson, Document, RawArrayBuf, RawDocumentBuf, doc},
 };
 
 use crate::{
@@ -33,8 +33,6 @@ const OFFSETS: &str = "analytics_offsets";
 const LOG: &str = "analytics_log";
 /// Keys per log document (a client record is ~150 bytes of BSON: far below the 16 MB limit).
 const LOG_ENTRIES: usize = 10_000;
-/// Log documents per `insert` command (well below the 48 MB message limit).
-const LOG_DOCS_PER_INSERT: usize = 8;
 /// Statements per `update` command.
 const CHUNK: usize = 1_000;
 
@@ -144,26 +142,32 @@ impl Store {
         &self,
         tp: &str,
         next: i64,
-        entries: &[Document],
+        entries: &[RawDocumentBuf],
     ) -> Result<usize> {
         // Unique per write: a replay may log the same keys again, which loading merges.
         let nonce = fastrand::u64(..);
-        let docs: Vec<Document> = entries
+        let docs: Vec<RawDocumentBuf> = entries
             .chunks(LOG_ENTRIES)
             .enumerate()
             .map(|(i, chunk)| {
-                doc! {
-                    "_id": format!("{tp}|{next}|{nonce:016x}|{i}"), "tp": tp,
-                    "next": next, "entries": chunk,
+                let mut array = RawArrayBuf::new();
+                for e in chunk {
+                    array.push(e.clone());
                 }
+                let mut d = RawDocumentBuf::new();
+                d.append("_id", format!("{tp}|{next}|{nonce:016x}|{i}"));
+                d.append("tp", tp);
+                d.append("next", next);
+                d.append("entries", array);
+                d
             })
             .collect();
-        for batch in docs.chunks(LOG_DOCS_PER_INSERT) {
-            let reply = self
-                .db
-                .run_command(doc! {"insert": LOG, "documents": batch, "ordered": false})
+        if !docs.is_empty() {
+            self.db
+                .collection::<RawDocumentBuf>(LOG)
+                .insert_many(docs)
+                .ordered(false)
                 .await?;
-            check_write_errors(LOG, &reply)?;
         }
         let (topic, partition) = tp.rsplit_once('|').unwrap_or((tp, "0"));
         let offset = doc! {
@@ -192,12 +196,12 @@ impl Store {
         &self,
         tp: &str,
         next: i64,
-        keys: &[Document],
+        keys: &[RawDocumentBuf],
     ) -> Result<usize> {
         let stmts: Vec<Document> = keys
             .iter()
-            .map(|e| {
-                let mut e = e.clone();
+            .filter_map(|e| e.to_document().ok())
+            .map(|mut e| {
                 let id = format!(
                     "{tp}|{}|{}",
                     e.get_str("k").unwrap_or_default(),
@@ -321,10 +325,19 @@ fn client_doc(c: &ClientRecord) -> Document {
 }
 
 /// `{k, key, next, v}` for each of `keys` the partition holds: a log entry.
-pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<Document> {
+/// Raw BSON, about a tenth of a [`Document`]'s memory: a flush may hold 100,000 of them.
+pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<RawDocumentBuf> {
     let mut out = Vec::new();
     let mut put = |kind: &str, key: String, next: i64, v: Document| {
-        out.push(doc! {"k": kind, "key": key, "next": next, "v": v});
+        // Only documents holding a BSON-invalid key fail to encode; such a key (a NUL in an
+        // id) never reaches here: ids are JSON strings, and BSON keys here are fixed names.
+        let entry = doc! {"k": kind, "key": &key, "next": next, "v": v};
+        match RawDocumentBuf::from_document(&entry) {
+            Ok(raw) => out.push(raw),
+            Err(err) => {
+                tracing::error!(kind, key, error = %err, "state key not encodable; not logged")
+            }
+        }
     };
     for (k, s) in keys
         .sold
