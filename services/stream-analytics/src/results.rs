@@ -15,7 +15,7 @@ use std::{
 };
 
 use chrono::{DateTime, TimeZone, Utc};
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
 
 use crate::{
     model::{Inventory, format_cents},
@@ -43,8 +43,9 @@ pub(crate) struct Rules {
 /// Collection → document id → document (without `updated_at`).
 pub(crate) type Results = BTreeMap<&'static str, BTreeMap<String, Document>>;
 
-/// A document to write: `Some` replaces it, `None` deletes it.
-pub(crate) type Change = (&'static str, String, Option<Document>);
+/// A document to write, as raw BSON (a flush from scratch may hold a million): `Some`
+/// replaces it, `None` deletes it.
+pub(crate) type Change = (&'static str, String, Option<RawDocumentBuf>);
 
 /// What MongoDB holds: collection → id → digest of the document (without `updated_at`). A
 /// digest instead of the document keeps a million clients' results in tens of MB.
@@ -52,15 +53,23 @@ pub(crate) type Change = (&'static str, String, Option<Document>);
 pub(crate) struct Stored(HashMap<&'static str, HashMap<String, u64>>);
 
 /// A digest of a document's BSON bytes.
-fn digest(d: &Document) -> u64 {
-    let mut bytes = Vec::new();
-    // Writing to a Vec fails only for documents BSON cannot hold; those never compare equal.
-    if d.to_writer(&mut bytes).is_err() {
-        return 0;
-    }
+fn digest(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
-    h.write(&bytes);
+    h.write(bytes);
     h.finish()
+}
+
+/// A document's BSON bytes; `None` (logged) for one BSON cannot hold, which never happens
+/// with the fixed field names here.
+fn encode(d: &Document) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    match d.to_writer(&mut bytes) {
+        Ok(()) => Some(bytes),
+        Err(err) => {
+            tracing::error!(error = %err, "result document not encodable; not written");
+            None
+        }
+    }
 }
 
 impl Stored {
@@ -70,7 +79,9 @@ impl Stored {
         for (name, docs) in results {
             let map = out.0.entry(name).or_default();
             for (id, d) in docs {
-                map.insert(id.clone(), digest(d));
+                if let Some(bytes) = encode(d) {
+                    map.insert(id.clone(), digest(&bytes));
+                }
             }
         }
         out
@@ -85,13 +96,24 @@ impl Stored {
         out: &mut Vec<Change>,
     ) {
         let old = self.0.get(name).and_then(|m| m.get(&id));
+        let new = match new {
+            Some(d) => match encode(&d) {
+                Some(bytes) => Some(bytes),
+                None => return,
+            },
+            None => None,
+        };
         let same = match (&new, old) {
-            (Some(d), Some(&h)) => digest(d) == h,
+            (Some(bytes), Some(&h)) => digest(bytes) == h,
             (None, None) => true,
             _ => false,
         };
         if !same {
-            out.push((name, id, new));
+            let raw = new.map(RawDocumentBuf::from_bytes).transpose();
+            match raw {
+                Ok(raw) => out.push((name, id, raw)),
+                Err(err) => tracing::error!(error = %err, "result document not encodable"),
+            }
         }
     }
 
@@ -101,7 +123,7 @@ impl Stored {
             let map = self.0.entry(name).or_default();
             match d {
                 Some(d) => {
-                    map.insert(id.clone(), digest(d));
+                    map.insert(id.clone(), digest(d.as_bytes()));
                 }
                 None => {
                     map.remove(id);

@@ -254,25 +254,34 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes result changes (replace or delete); returns documents touched.
+    /// Writes result changes (replace or delete), 1,000 statements at a time; returns
+    /// documents touched.
     #[tracing::instrument(skip_all, fields(changes = changes.len()))]
     pub(crate) async fn write_results(&self, changes: &[Change]) -> Result<usize> {
         let now = crate::model::bson_time(Utc::now());
         for name in COLLECTIONS {
-            let mine = changes.iter().filter(|(c, _, _)| *c == name);
-            let upserts: Vec<Document> = mine
-                .clone()
-                .filter_map(|(_, id, d)| {
-                    let mut u = d.clone()?;
-                    u.insert("updated_at", now);
-                    Some(doc! {"q": {"_id": id}, "u": u, "upsert": true})
-                })
+            let upserts: Vec<(&String, &RawDocumentBuf)> = changes
+                .iter()
+                .filter(|(c, _, _)| *c == name)
+                .filter_map(|(_, id, d)| Some((id, d.as_ref()?)))
                 .collect();
-            let deletes: Vec<Document> = mine
-                .filter(|(_, _, d)| d.is_none())
+            for chunk in upserts.chunks(CHUNK) {
+                let mut stmts = Vec::with_capacity(chunk.len());
+                for (id, raw) in chunk {
+                    let mut u = raw.to_document().map_err(|e| Error::Stored {
+                        id: (*id).clone(),
+                        reason: format!("result document unreadable: {e}"),
+                    })?;
+                    u.insert("updated_at", now);
+                    stmts.push(doc! {"q": {"_id": *id}, "u": u, "upsert": true});
+                }
+                self.upsert(name, stmts).await?;
+            }
+            let deletes: Vec<Document> = changes
+                .iter()
+                .filter(|(c, _, d)| *c == name && d.is_none())
                 .map(|(_, id, _)| doc! {"q": {"_id": id}, "limit": 1})
                 .collect();
-            self.upsert(name, upserts).await?;
             for chunk in deletes.chunks(CHUNK) {
                 let reply = self
                     .db
