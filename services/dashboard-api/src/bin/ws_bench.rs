@@ -27,8 +27,9 @@
 //!
 //! Every dashboard client has its own session (10,000 browsers are 10,000 sessions), created
 //! straight in Redis: logging in 10,000 times would measure argon2, not sockets. The clients
-//! that never read use a 4 KiB receive buffer, like a stalled mobile client, so the server's
-//! sends to them block after a few updates. Needs the servers of scripts/deps.sh.
+//! that never read use a 4 KiB receive buffer, like a stalled mobile client (the server's
+//! kernel still queues a few MiB for each, autotuned, before a write to it would block). Needs
+//! the servers of scripts/deps.sh.
 //!
 //! Settings (environment): `SLUICE_BENCH_CLIENTS` (10000), `SLUICE_BENCH_SECONDS` (20),
 //! `SLUICE_BENCH_FRAME_BYTES` (2048), `SLUICE_BENCH_POSTGRES` (`postgres://postgres@127.0.0.1:5432`),

@@ -9,9 +9,10 @@
 //! mutex, a frame header and a copy into the socket's buffer, and the write.
 //!
 //! A socket is in one of three states ([`Flow`]):
-//! - `Open`: the shard writes the frame at once, polling with a no-op waker. If the socket
-//!   takes it whole, that is all. If not, the rest stays in the socket's buffer, the socket
-//!   becomes `Blocked` and its own task is told to take over.
+//! - `Open`: the shard writes at once, polling with a no-op waker: the round's frames of the
+//!   socket's topics fed into its buffer, then one flush, one system call. If the socket takes
+//!   it all, that is all. If not, the rest stays in the socket's buffer, the socket becomes
+//!   `Blocked` and its own task is told to take over.
 //! - `Blocked`: the shard only keeps the frame as that topic's pending one, replacing (and
 //!   counting as skipped) an older pending frame of the same topic — so a client's queue is at
 //!   most one frame per topic, its latest state. The socket's task flushes, with the send
@@ -63,6 +64,7 @@ pub(crate) struct Conn {
 
 /// A frame of one fan-out round: the frame, its topic, and how many older frames of that
 /// topic it replaced before the round began.
+#[derive(Debug)]
 pub(crate) struct Update {
     frame: Frame,
     topic: usize,
@@ -70,7 +72,7 @@ pub(crate) struct Update {
 }
 
 /// What a socket's buffer did with what the fan-out gave it, which must not wait.
-#[derive(PartialEq, Eq)]
+#[derive(Debug)]
 enum Took {
     /// On the wire (in the kernel's buffer).
     All,
