@@ -198,10 +198,14 @@ impl Store {
         next: i64,
         keys: &[RawDocumentBuf],
     ) -> Result<usize> {
-        let stmts: Vec<Document> = keys
-            .iter()
-            .filter_map(|e| e.to_document().ok())
-            .map(|mut e| {
+        // 1,000 statements at a time: a partition may have logged a million keys.
+        for chunk in keys.chunks(CHUNK) {
+            let mut stmts = Vec::with_capacity(chunk.len());
+            for raw in chunk {
+                let mut e = raw.to_document().map_err(|err| Error::Stored {
+                    id: format!("{LOG} entry of {tp}"),
+                    reason: format!("unreadable: {err}"),
+                })?;
                 let id = format!(
                     "{tp}|{}|{}",
                     e.get_str("k").unwrap_or_default(),
@@ -210,10 +214,12 @@ impl Store {
                 let key_next = e.get_i64("next").unwrap_or(0);
                 e.insert("_id", &id);
                 e.insert("tp", tp);
-                doc! {"q": {"_id": id, "next": {"$lt": key_next}}, "u": e, "upsert": true}
-            })
-            .collect();
-        self.upsert(STATE, stmts).await?;
+                stmts.push(
+                    doc! {"q": {"_id": id, "next": {"$lt": key_next}}, "u": e, "upsert": true},
+                );
+            }
+            self.upsert(STATE, stmts).await?;
+        }
         let reply = self
             .db
             .run_command(doc! {
