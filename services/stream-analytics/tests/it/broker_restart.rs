@@ -1,15 +1,26 @@
 //! The Kafka broker killed and started again (a durable broker of the test's own): input
 //! written before a restart is still there after it, and a service consuming during a restart
-//! reconnects, resumes, and its results are exact.
+//! (down until the service's `/health` says so) reconnects, resumes, and its results are exact.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use sluice_testkit::{OwnKafka, TestKafka, eventually};
+use sluice_analytics::App;
+use sluice_testkit::{InProcess, OwnKafka, TestKafka, eventually};
 
 use crate::{
     data::{client_msgs, expected, inventory, inventory_msg, sale, sale_msg},
-    support::{TestEnv, start},
+    support::TestEnv,
 };
+
+/// Waits until the service's `/health` answers `ok` (true) or not (false).
+async fn health_is(addr: SocketAddr, ok: bool, what: &str) -> anyhow::Result<()> {
+    let url = format!("http://{addr}/health");
+    eventually(what, Duration::from_secs(60), || async {
+        let status = reqwest::get(&url).await.ok()?.status();
+        (status.is_success() == ok).then_some(())
+    })
+    .await
+}
 
 const SALES: usize = 30_000;
 
@@ -27,15 +38,20 @@ async fn broker_restarted_mid_run_then_results_are_exact() -> anyhow::Result<()>
         .await?;
     // Restarted before anyone read it: the service finds the input all the same.
     broker.start_again().await?;
-    let (app, _metrics) = start(env.config()).await?;
+    sluice_core::telemetry::init_json_logs("analytics-test");
+    let app = App::build(env.config()).await?;
+    let addr = app.local_addr();
+    let app = InProcess::spawn(|token| app.run(token));
     eventually("some sales stored", Duration::from_secs(60), || async {
         (env.sales_done().await.ok()? > 0).then_some(())
     })
     .await?;
 
     broker.kill().await?;
-    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself
+    // Down until the service itself reports the broker unreachable, then back.
+    health_is(addr, false, "/health reports Kafka down").await?;
     broker.start_again().await?;
+    health_is(addr, true, "/health reports Kafka back").await?;
     // The rest of the input exists only after the restart: the service must consume again.
     env.produce(&after.iter().map(sale_msg).collect::<Vec<_>>())
         .await?;
