@@ -33,8 +33,12 @@ pub struct Config {
     /// restarts so a restarted process takes back its own unacknowledged entries at once.
     /// Default: the host name.
     pub consumer_name: Option<String>,
-    /// Stream entries read per worker round (each entry is one published batch).
+    /// Stream entries a worker reads at once (each entry is one published batch).
     pub read_count: usize,
+    /// Most events one transaction writes: entries read at once are written in rounds of up
+    /// to this many events (an entry is never split). Smaller rounds hold their new keys
+    /// locked for less time, so concurrent rounds with shared duplicates wait less.
+    pub round_events: usize,
     /// How long a read waits for new entries, ms.
     pub read_block_ms: u64,
     /// Entries another consumer left unacknowledged this long are claimed, ms.
@@ -83,6 +87,7 @@ impl Default for Config {
             consumer_group: "aggregator".into(),
             consumer_name: None,
             read_count: 20,
+            round_events: 2_000,
             read_block_ms: 1000,
             claim_idle_ms: 30_000,
             high_water_mark: 100_000,
@@ -123,6 +128,7 @@ impl Config {
         let positive = [
             ("WORKER_COUNT", self.worker_count as u64),
             ("SLUICE_AGGREGATOR_READ_COUNT", self.read_count as u64),
+            ("SLUICE_AGGREGATOR_ROUND_EVENTS", self.round_events as u64),
             ("SLUICE_AGGREGATOR_HIGH_WATER_MARK", self.high_water_mark),
             (
                 "SLUICE_AGGREGATOR_MAX_PUBLISH_IN_FLIGHT",

@@ -188,6 +188,7 @@ impl App {
                 metrics: state.metrics.clone(),
                 shard: shard_base + i32::try_from(i).unwrap_or(0),
                 claim_idle: Config::ms(config.claim_idle_ms),
+                round_events: config.round_events,
             };
             tasks.spawn(worker.run(shutdown.clone()));
         }

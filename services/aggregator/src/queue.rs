@@ -68,9 +68,9 @@ pub struct Entry {
 }
 
 impl From<StreamId> for Entry {
-    fn from(entry: StreamId) -> Self {
-        let payload = match entry.map.get(FIELD) {
-            Some(Value::BulkString(bytes)) => Some(bytes.clone()),
+    fn from(mut entry: StreamId) -> Self {
+        let payload = match entry.map.remove(FIELD) {
+            Some(Value::BulkString(bytes)) => Some(bytes),
             _ => None,
         };
         Self {

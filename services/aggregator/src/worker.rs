@@ -48,6 +48,8 @@ pub struct Worker {
     pub shard: i32,
     /// Entries idle this long may be claimed by peers; the worker refreshes its own sooner.
     pub claim_idle: Duration,
+    /// Most events written in one transaction (see [`rounds`]).
+    pub round_events: usize,
 }
 
 /// How a round of entries came to this worker.
@@ -142,9 +144,20 @@ impl Worker {
                 Err(reason) => self.dead_letter(&entry.id, entry.payload, &reason).await,
             }
         }
-        if batches.is_empty() {
-            return;
+        // Rounds in hand are finished at shutdown too: each is a short transaction, and an
+        // outage cancels them (see `write`).
+        for round in rounds(batches, self.round_events) {
+            self.store_round(round, delivery, shutdown).await;
         }
+    }
+
+    /// Stores one round (or dead-letters what cannot be stored), then acknowledges it.
+    async fn store_round(
+        &mut self,
+        batches: Vec<QueuedBatch>,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) {
         let split = delivery == Delivery::Again && self.delivered_often(&batches).await;
         let stored = if split {
             self.store_one_by_one(&batches, shutdown).await
@@ -316,6 +329,25 @@ impl Worker {
     }
 }
 
+/// The batches in rounds of at most `max_events` events, in order; a batch larger than that
+/// is a round of its own.
+fn rounds(batches: Vec<QueuedBatch>, max_events: usize) -> Vec<Vec<QueuedBatch>> {
+    let mut out: Vec<Vec<QueuedBatch>> = Vec::new();
+    let mut events = 0;
+    for batch in batches {
+        let n = batch.events.len();
+        match out.last_mut() {
+            Some(round) if events + n <= max_events => round.push(batch),
+            _ => {
+                out.push(vec![batch]);
+                events = 0;
+            }
+        }
+        events += n;
+    }
+    out
+}
+
 /// The events of an entry, or why it cannot be read.
 fn decode(entry: &Entry) -> Result<Vec<sluice_core::Event>, String> {
     let payload = entry.payload.as_deref().ok_or("entry has no batch field")?;
@@ -345,6 +377,36 @@ mod tests {
             id: "1-0".into(),
             payload: payload.map(|p| p.as_bytes().to_vec()),
         }
+    }
+
+    fn batch(id: &str, events: usize) -> QueuedBatch {
+        let event = sluice_core::Event::from_json(
+            &serde_json::json!({"topic": "t", "event_id": "1", "source": "s",
+                                "timestamp": "2025-01-01T00:00:00Z"}),
+            None,
+        )
+        .expect("valid");
+        QueuedBatch {
+            entry_id: id.into(),
+            events: vec![event; events],
+        }
+    }
+
+    #[test]
+    fn rounds_keep_the_order_and_never_split_an_entry() {
+        let batches = vec![
+            batch("a", 600),
+            batch("b", 600),
+            batch("c", 900),
+            batch("d", 2_500),
+            batch("e", 1),
+        ];
+        let ids: Vec<Vec<String>> = rounds(batches, 2_000)
+            .iter()
+            .map(|r| r.iter().map(|b| b.entry_id.clone()).collect())
+            .collect();
+        assert_eq!(ids, [vec!["a", "b"], vec!["c"], vec!["d"], vec!["e"]]);
+        assert!(rounds(Vec::new(), 10).is_empty());
     }
 
     #[test]

@@ -160,6 +160,47 @@ impl Generator {
         });
         (v, dup)
     }
+
+    /// A request body of at most `max` events (one `batch_len` unless fewer remain).
+    fn request(&mut self, max: u64) -> Request {
+        let n = self
+            .batch_len()
+            .min(usize::try_from(max).unwrap_or(usize::MAX));
+        let mut events = Vec::with_capacity(n);
+        let mut dups = 0;
+        for _ in 0..n {
+            let (e, dup) = self.event();
+            dups += u64::from(dup);
+            events.push(e);
+        }
+        let body = serde_json::to_vec(&json!({ "events": events })).unwrap_or_default();
+        Request {
+            events: n as u64,
+            dups,
+            body: body.into(),
+        }
+    }
+
+    /// Every request body for `events` events, made before the clock starts: a fixed-size
+    /// load measures the system under test, not how fast this tool builds JSON.
+    fn requests(&mut self, events: u64) -> std::collections::VecDeque<Request> {
+        let mut out = std::collections::VecDeque::new();
+        let mut left = events;
+        while left > 0 {
+            let r = self.request(left);
+            left -= r.events;
+            out.push_back(r);
+        }
+        out
+    }
+}
+
+/// One `/publish` body.
+#[derive(Clone)]
+struct Request {
+    events: u64,
+    dups: u64,
+    body: axum::body::Bytes,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -182,10 +223,17 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs(s));
     let sent = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
+    // A fixed number of events is prepared before the clock starts; a timed run makes them as
+    // it goes.
+    let mut clients = Vec::new();
     for c in 0..args.load.clients.max(1) {
         let mut generator = Generator::new(&args.load, c)?;
+        let prepared = deadline.is_none().then(|| generator.requests(per_client));
+        clients.push((generator, prepared));
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut generator, mut prepared) in clients {
         let (client, publish, sent) = (client.clone(), publish.clone(), sent.clone());
         let pause = Duration::from_millis(args.pause_ms);
         let mut pacer = match args.rate {
@@ -201,36 +249,43 @@ async fn run_http(args: HttpArgs) -> anyhow::Result<()> {
             let mut latencies = Vec::new();
             let (mut mine, mut dups, mut rejected) = (0u64, 0u64, 0u64);
             loop {
-                let remaining = per_client.saturating_sub(mine);
-                let done = match deadline {
-                    Some(d) => Instant::now() >= d,
-                    None => remaining == 0,
+                let request = match (&mut prepared, deadline) {
+                    (Some(prepared), _) => match prepared.front() {
+                        Some(r) => r.clone(),
+                        None => break,
+                    },
+                    (None, Some(d)) if Instant::now() >= d => break,
+                    (None, _) => generator.request(u64::MAX),
                 };
-                if done {
-                    break;
-                }
                 if let Some(pacer) = pacer.as_mut() {
                     pacer.tick().await;
                 }
-                let n = if deadline.is_some() {
-                    generator.batch_len()
-                } else {
-                    generator.batch_len().min(remaining as usize)
-                };
-                let mut events = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let (e, dup) = generator.event();
-                    dups += u64::from(dup);
-                    events.push(e);
-                }
-                let body = json!({ "events": events });
                 let t = Instant::now();
-                let response = client.post(&publish).json(&body).send().await;
+                let response = client
+                    .post(&publish)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(request.body)
+                    .send()
+                    .await;
                 latencies.push(t.elapsed());
                 match response {
                     Ok(r) if r.status().as_u16() == 202 => {
-                        mine += n as u64;
-                        sent.fetch_add(n as u64, Ordering::Relaxed);
+                        mine += request.events;
+                        dups += request.dups;
+                        sent.fetch_add(request.events, Ordering::Relaxed);
+                        if let Some(prepared) = prepared.as_mut() {
+                            prepared.pop_front();
+                        }
+                    }
+                    Ok(r)
+                        if r.status().is_client_error()
+                            && ![408, 429].contains(&r.status().as_u16()) =>
+                    {
+                        // Refused for good: sending it again would be refused again.
+                        rejected += 1;
+                        if let Some(prepared) = prepared.as_mut() {
+                            prepared.pop_front();
+                        }
                     }
                     Ok(r) => {
                         rejected += 1;
@@ -403,25 +458,40 @@ async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Postgres")?;
     let per_client = args.load.events.div_ceil(args.load.clients.max(1));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
+    // Every statement's rows are made before the clock starts, as for `http`.
+    let mut clients = Vec::new();
     for c in 0..args.load.clients.max(1) {
         let mut generator = Generator::new(&args.load, c)?;
+        let mut statements = Vec::new();
+        let mut left = per_client;
+        while left > 0 {
+            let n = generator
+                .batch_len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let mut rows: Vec<(String, String, Value)> = (0..n)
+                .map(|_| {
+                    let (mut e, _) = generator.event();
+                    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                    (text(&e["topic"]), text(&e["event_id"]), e["payload"].take())
+                })
+                .collect();
+            rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            statements.push(rows);
+            left -= n as u64;
+        }
+        clients.push(statements);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for statements in clients {
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
-            while done < per_client {
-                let n = generator.batch_len().min((per_client - done) as usize);
-                let mut rows: Vec<(String, String, Value)> = (0..n)
-                    .map(|_| {
-                        let (e, _) = generator.event();
-                        (e["topic"].as_str().unwrap_or_default().to_owned(), e["event_id"].as_str().unwrap_or_default().to_owned(), e["payload"].clone())
-                    })
-                    .collect();
-                rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            for rows in statements {
                 let topics: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
                 let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-                let payloads: Vec<sqlx::types::Json<&Value>> = rows.iter().map(|r| sqlx::types::Json(&r.2)).collect();
+                let payloads: Vec<sqlx::types::Json<&Value>> =
+                    rows.iter().map(|r| sqlx::types::Json(&r.2)).collect();
                 sqlx::query(
                     "INSERT INTO processed_events (topic, event_id, source, timestamp, payload)
                      SELECT t, e, 'loadgen', now(), p FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(t, e, p)
@@ -432,7 +502,7 @@ async fn run_ceiling(args: CeilingArgs) -> anyhow::Result<()> {
                 .bind(&payloads)
                 .execute(&pool)
                 .await?;
-                done += n as u64;
+                done += rows.len() as u64;
             }
             anyhow::Ok(done)
         }));
