@@ -213,11 +213,11 @@ impl Pipeline {
     /// to what MongoDB takes in the time, and keys repeated within a batch are written once.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let stored = retry("read results", &shutdown, &self.metrics, || {
-            self.store.load_results()
+            self.store.load_digests()
         })
         .await;
         let Some(stored) = stored else { return };
-        self.stored = Stored::of(&stored);
+        self.stored = stored;
         // Writes stop only at the shutdown deadline: one under way may finish first.
         let writes_stop = CancellationToken::new();
         // Results behind the state (a crash after the state was written) are caught up here.
@@ -486,8 +486,7 @@ impl Pipeline {
             let mine: Vec<String> = self.parts.keys().cloned().collect();
             let others = retry("read state", stop, metrics, || store.load_others(&mine)).await?;
             if self.reload_results || !others.is_empty() {
-                let docs = retry("read results", stop, metrics, || store.load_results()).await?;
-                self.stored = Stored::of(&docs);
+                self.stored = retry("read results", stop, metrics, || store.load_digests()).await?;
                 self.reload_results = false;
             }
             self.others = others;
@@ -497,8 +496,7 @@ impl Pipeline {
             self.view = View::build(&all);
             self.rebuild = false;
             self.risk_minute = minute;
-            self.stored
-                .diff(results::compute(&self.view, &self.rules, now))
+            results::all_changes(&self.view, &self.rules, now, &self.stored)
         } else if changed || clock_moved {
             // What this flush's keys affect; every product's risk once a minute.
             let all: Vec<&PartitionState> = (self.parts.values().map(|o| &o.state))

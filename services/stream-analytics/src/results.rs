@@ -41,6 +41,7 @@ pub(crate) struct Rules {
 }
 
 /// Collection → document id → document (without `updated_at`).
+#[cfg(test)]
 pub(crate) type Results = BTreeMap<&'static str, BTreeMap<String, Document>>;
 
 /// A document to write, as raw BSON (a flush from scratch may hold a million): `Some`
@@ -73,18 +74,23 @@ fn encode(d: &Document) -> Option<Vec<u8>> {
 }
 
 impl Stored {
-    /// The digests of documents as read back from MongoDB.
+    /// The digests of documents.
+    #[cfg(test)]
     pub(crate) fn of(results: &Results) -> Self {
         let mut out = Self::default();
         for (name, docs) in results {
-            let map = out.0.entry(name).or_default();
             for (id, d) in docs {
-                if let Some(bytes) = encode(d) {
-                    map.insert(id.clone(), digest(&bytes));
-                }
+                out.insert(name, id.clone(), d);
             }
         }
         out
+    }
+
+    /// Records a document as read back from MongoDB (without `updated_at`).
+    pub(crate) fn insert(&mut self, name: &'static str, id: String, d: &Document) {
+        if let Some(bytes) = encode(d) {
+            self.0.entry(name).or_default().insert(id, digest(&bytes));
+        }
     }
 
     /// Adds a change to `out` unless MongoDB holds that already.
@@ -133,6 +139,7 @@ impl Stored {
     }
 
     /// Every difference between `new` (every document) and what is stored.
+    #[cfg(test)]
     pub(crate) fn diff(&self, new: Results) -> Vec<Change> {
         let mut out = Vec::new();
         for name in COLLECTIONS {
@@ -163,7 +170,9 @@ fn times(units: u64, cents: i64) -> i64 {
     i64::try_from(i128::from(units) * i128::from(cents)).unwrap_or(i64::MAX)
 }
 
-/// Computes every result collection.
+/// Computes every result collection (the rules as documents, for tests; the service derives
+/// from scratch with [`all_changes`], which never holds them all).
+#[cfg(test)]
 pub(crate) fn compute(view: &View, rules: &Rules, now: DateTime<Utc>) -> Results {
     let mut out = Results::new();
     out.insert(WINNERS, winners(view, rules));
@@ -193,6 +202,54 @@ pub(crate) fn compute(view: &View, rules: &Rules, now: DateTime<Utc>) -> Results
         .filter_map(|(category, minute)| rollup(view, &category, minute))
         .collect();
     out.insert(ROLLUP, rollup);
+    out
+}
+
+/// Every document that differs from what is stored, derived from scratch (at start, after a
+/// rebalance) one document at a time: with a million clients, only the changed ones are held,
+/// as raw BSON.
+pub(crate) fn all_changes(
+    view: &View,
+    rules: &Rules,
+    now: DateTime<Utc>,
+    stored: &Stored,
+) -> Vec<Change> {
+    let ranking = Affected {
+        winners: true,
+        ..Affected::default()
+    };
+    let mut out = changes(view, &ranking, true, rules, now, stored);
+    let known = |id: &String| view.spent.contains_key(id) || view.clients.contains_key(id);
+    if let Some(old) = stored.0.get(CLIENTS) {
+        for id in old.keys().filter(|id| !known(id)) {
+            out.push((CLIENTS, id.clone(), None));
+        }
+    }
+    let only_records = view
+        .clients
+        .keys()
+        .filter(|id| !view.spent.contains_key(*id));
+    for id in view.spent.keys().chain(only_records) {
+        stored.compare(CLIENTS, id.clone(), Some(client(view, rules, id)), &mut out);
+    }
+    let mut cells = BTreeMap::new();
+    for (minute, products) in &view.cells {
+        for product in products.keys() {
+            if let Some(p) = view.inventory.get(product) {
+                let id = rollup_id(&p.category, *minute);
+                cells.entry(id).or_insert((p.category.as_str(), *minute));
+            }
+        }
+    }
+    if let Some(old) = stored.0.get(ROLLUP) {
+        for id in old.keys().filter(|id| !cells.contains_key(*id)) {
+            out.push((ROLLUP, id.clone(), None));
+        }
+    }
+    for (id, (category, minute)) in cells {
+        let d = rollup(view, category, minute).map(|(_, d)| d);
+        stored.compare(ROLLUP, id, d, &mut out);
+    }
     out
 }
 

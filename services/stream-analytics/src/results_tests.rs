@@ -201,6 +201,8 @@ fn incremental_changes_equal_a_full_computation() {
     let mut offsets = [0i64; 2];
     let mut view = View::default();
     let mut stored = Stored::default();
+    // Results derived from scratch each round, from whatever the previous round left.
+    let mut from_scratch = Stored::default();
     let mut at = now();
     for round in 0..300 {
         for _ in 0..rng.usize(0..12) {
@@ -229,6 +231,17 @@ fn incremental_changes_equal_a_full_computation() {
         stored.apply(&changes);
         let full = Stored::of(&compute(&View::build(&all), &rules(), at));
         assert_eq!(normalized(&stored), normalized(&full), "round {round}");
+        let scratch = all_changes(&View::build(&all), &rules(), at, &from_scratch);
+        from_scratch.apply(&scratch);
+        assert_eq!(
+            normalized(&from_scratch),
+            normalized(&full),
+            "round {round}: from scratch"
+        );
+        assert!(
+            all_changes(&view, &rules(), at, &stored).is_empty(),
+            "round {round}: nothing differs from scratch after an incremental flush"
+        );
         assert!(
             stored.diff(compute(&view, &rules(), at)).is_empty(),
             "round {round}: the kept view equals one built from scratch"

@@ -24,7 +24,7 @@ use mongodb::{
 use crate::{
     Error, Result,
     model::{Client as ClientRecord, Inventory},
-    results::{COLLECTIONS, Change, Results},
+    results::{COLLECTIONS, Change, Stored},
     state::{PartitionState, Slot, Spent, Touched},
 };
 
@@ -244,18 +244,17 @@ impl Store {
         Ok(())
     }
 
-    /// The result documents as stored, without `updated_at`.
-    pub(crate) async fn load_results(&self) -> Result<Results> {
-        let mut out = Results::new();
+    /// The digests of the result documents as stored (without `updated_at`), read one
+    /// document at a time.
+    pub(crate) async fn load_digests(&self) -> Result<Stored> {
+        let mut out = Stored::default();
         for name in COLLECTIONS {
             let mut cursor = self.db.collection::<Document>(name).find(doc! {}).await?;
-            let mut docs = BTreeMap::new();
             while let Some(mut d) = cursor.try_next().await? {
                 d.remove("updated_at");
                 let id = d.get_str("_id").unwrap_or_default().to_owned();
-                docs.insert(id, d);
+                out.insert(name, id, &d);
             }
-            out.insert(name, docs);
         }
         Ok(out)
     }
