@@ -12,6 +12,12 @@ use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 use crate::{Error, Event, Result};
 
+/// The message header (Kafka, AMQP) that carries a message's trace id from the service that
+/// wrote it to every service that reads it, so their log lines can be joined (DESIGN §8).
+/// Over HTTP the same id travels as `x-request-id`; in a Redis stream entry, as the batch's
+/// `trace_id`.
+pub const TRACE_HEADER: &str = "trace-id";
+
 /// An event on its way to the aggregator's workers, with the trace id of the request that
 /// accepted it so logs of both sides can be joined.
 #[derive(Debug, Clone, PartialEq, Serialize)]

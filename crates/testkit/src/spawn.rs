@@ -63,10 +63,12 @@ pub struct ChildService {
 impl ChildService {
     /// Starts `command` (stdout piped) and waits up to `timeout` for its JSON log line
     /// `{"message":"listening","addr":"…"}`, as `sluice_core::http::HttpServer` writes it.
-    /// Every line the child prints is kept (see [`logs`](Self::logs)) and echoed to stderr.
+    /// Every line the child prints, on stdout or stderr (a panic message), is kept (see
+    /// [`logs`](Self::logs)) and echoed to stderr.
     pub async fn spawn(mut command: Command, timeout: Duration) -> anyhow::Result<Self> {
         command
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .stdin(Stdio::null())
             // The log lines are read as JSON, whatever the developer's shell exports.
             .env("SLUICE_LOG_FORMAT", "json")
@@ -75,9 +77,11 @@ impl ChildService {
             .spawn()
             .with_context(|| format!("spawning {command:?}"))?;
         let stdout = child.stdout.take().context("child stdout")?;
+        let stderr = child.stderr.take().context("child stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = oneshot::channel();
-        tokio::spawn(read_logs(stdout, logs.clone(), addr_tx));
+        tokio::spawn(read_logs(stdout, logs.clone(), Some(addr_tx)));
+        tokio::spawn(read_logs(stderr, logs.clone(), None));
         let addr = match tokio::time::timeout(timeout, addr_rx).await {
             Ok(Ok(addr)) => addr,
             Ok(Err(_)) => {
@@ -162,12 +166,11 @@ fn lines(logs: &Mutex<Vec<String>>) -> Vec<String> {
 }
 
 async fn read_logs(
-    stdout: tokio::process::ChildStdout,
+    output: impl tokio::io::AsyncRead + Unpin,
     logs: Arc<Mutex<Vec<String>>>,
-    addr_tx: oneshot::Sender<SocketAddr>,
+    mut addr_tx: Option<oneshot::Sender<SocketAddr>>,
 ) {
-    let mut addr_tx = Some(addr_tx);
-    let mut reader = BufReader::new(stdout).lines();
+    let mut reader = BufReader::new(output).lines();
     while let Ok(Some(line)) = reader.next_line().await {
         eprintln!("[child] {line}");
         if let Some(addr) = listening_addr(&line)

@@ -83,23 +83,35 @@ async fn system(
     Ok(Json(state.system.read(None).await))
 }
 
+/// The request's `x-request-id` when it sent a usable one, else a new id: it goes with the
+/// published message in its trace header.
+fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
+}
+
 async fn sales(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     parsed: Result<Json<SaleInput>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.at_least(Role::Accountant)?;
     let (key, message) = body(parsed)?.into_message()?;
+    let trace_id = trace_id(&headers);
     let delivered = state
         .publisher
-        .publish(&state.config.sales_topic(), &key, &message)
+        .publish(&state.config.sales_topic(), &key, &message, &trace_id)
         .await?;
     state.metrics.published.inc();
-    tracing::info!(user = %caller.session.user, invoice = %key, "sale published");
+    tracing::info!(user = %caller.session.user, invoice = %key, %trace_id, "sale published");
     Ok((
         StatusCode::ACCEPTED,
         Json(
-            json!({"status": "published", "key": key, "delivered": delivered, "message": message}),
+            json!({"status": "published", "key": key, "delivered": delivered, "message": message, "trace_id": trace_id}),
         ),
     )
         .into_response())
@@ -108,20 +120,22 @@ async fn sales(
 async fn inventory(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     parsed: Result<Json<InventoryInput>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.at_least(Role::Accountant)?;
     let (key, message) = body(parsed)?.into_message()?;
+    let trace_id = trace_id(&headers);
     let delivered = state
         .publisher
-        .publish(&state.config.inventory_topic(), &key, &message)
+        .publish(&state.config.inventory_topic(), &key, &message, &trace_id)
         .await?;
     state.metrics.published.inc();
-    tracing::info!(user = %caller.session.user, product = %key, "inventory update published");
+    tracing::info!(user = %caller.session.user, product = %key, %trace_id, "inventory update published");
     Ok((
         StatusCode::ACCEPTED,
         Json(
-            json!({"status": "published", "key": key, "delivered": delivered, "message": message}),
+            json!({"status": "published", "key": key, "delivered": delivered, "message": message, "trace_id": trace_id}),
         ),
     )
         .into_response())

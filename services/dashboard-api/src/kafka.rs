@@ -6,9 +6,11 @@ use std::time::Duration;
 use rdkafka::{
     ClientConfig, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::Value;
+use sluice_core::wire::TRACE_HEADER;
 
 use crate::{Error, Result};
 
@@ -53,11 +55,25 @@ impl Publisher {
         })
     }
 
-    /// Publishes `message` under `key` and waits for the acknowledgement.
+    /// Publishes `message` under `key`, with `trace_id` in its trace header, and waits for
+    /// the acknowledgement.
     #[tracing::instrument(skip(self, message))]
-    pub async fn publish(&self, topic: &str, key: &str, message: &Value) -> Result<Delivered> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        message: &Value,
+        trace_id: &str,
+    ) -> Result<Delivered> {
         let payload = message.to_string();
-        let record = FutureRecord::to(topic).key(key).payload(&payload);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: TRACE_HEADER,
+            value: Some(trace_id),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(&payload)
+            .headers(headers);
         let delivery = self
             .producer
             .send(record, DELIVERY_TIMEOUT)

@@ -329,6 +329,7 @@ impl App {
             tracing::warn!(?deadline, "tasks did not stop in time; aborting them");
             tasks.abort_all();
         }
+        state.results.shutdown().await;
         tracing::info!("dashboard stopped");
         Ok(served?)
     }

@@ -87,6 +87,7 @@ impl Collection {
 /// The results database.
 #[derive(Debug, Clone)]
 pub struct ResultStore {
+    client: Client,
     db: Database,
     max_rows: i64,
 }
@@ -97,8 +98,15 @@ impl ResultStore {
         let client = Client::with_uri_str(url).await?;
         Ok(Self {
             db: client.database(name),
+            client,
             max_rows,
         })
+    }
+
+    /// Ends the driver's sessions and closes its connections while the runtime still runs
+    /// (left to `Drop`, that cleanup is spawned on a runtime shutting down, and panics).
+    pub async fn shutdown(&self) {
+        self.client.clone().shutdown().immediate(true).await;
     }
 
     /// Round trip to the server.

@@ -8,12 +8,22 @@ use rdkafka::{
     config::RDKafkaLogLevel,
     consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
-    message::{BorrowedMessage, Header, OwnedHeaders},
+    message::{BorrowedMessage, Header, Headers as _, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     types::RDKafkaRespErr,
 };
 
+use sluice_core::wire::TRACE_HEADER;
+
 use crate::{Config, Error, Result};
+
+/// The trace id the writer of `msg` put in its trace header, if any (and if it is text).
+pub(crate) fn trace_id<'m>(msg: &'m BorrowedMessage<'_>) -> Option<&'m str> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == TRACE_HEADER)
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
 
 /// A partition assignment change, seen by the pipeline before its next message or flush.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,9 +153,10 @@ pub(crate) fn consumer(config: &Config) -> Result<GroupConsumer> {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session.to_string())
         .set("heartbeat.interval.ms", (session / 4).max(100).to_string())
-        // Prefetch per partition: librdkafka's default (64 MiB) made the resident set grow
-        // by hundreds of MiB on a backlog; 8 MiB keeps the fetcher ahead of the loop.
-        .set("queued.max.messages.kbytes", "8192")
+        // Prefetched messages at most, for the whole consumer: librdkafka's default (64 MiB).
+        // 8 MiB halved the rate from a backlog (the fetcher stalled while a flush's writes
+        // held consumption back) for ~50 MiB less resident memory (docs/benchmarks.md).
+        .set("queued.max.messages.kbytes", "65536")
         .create_with_context(GroupContext::default())?;
     let topics = config.topics();
     consumer.subscribe(&[&topics.sales, &topics.inventory, &topics.clients])?;
@@ -161,7 +172,8 @@ pub(crate) fn dead_letter_producer(config: &Config) -> Result<FutureProducer> {
         .create()?)
 }
 
-/// Sends `msg` as it came to `topic`, with the reason and its origin in headers.
+/// Sends `msg` as it came to `topic`, with the reason, its origin and its trace id in
+/// headers.
 pub(crate) async fn dead_letter(
     producer: &FutureProducer,
     topic: &str,
@@ -187,6 +199,13 @@ pub(crate) async fn dead_letter(
             key: "source-offset",
             value: Some(&offset),
         });
+    let headers = match trace_id(msg) {
+        Some(id) => headers.insert(Header {
+            key: TRACE_HEADER,
+            value: Some(id),
+        }),
+        None => headers,
+    };
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
     if let Some(payload) = msg.payload() {
         record = record.payload(payload);

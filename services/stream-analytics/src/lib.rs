@@ -195,6 +195,7 @@ impl App {
             promo_min_revenue_cents: config.promo_min_revenue_cents,
             promo_tiers: config.promo_tier_list(),
         };
+        let mongo = store.clone();
         let pipeline = Pipeline::new(
             consumer.clone(),
             kafka::dead_letter_producer(&config)?,
@@ -232,6 +233,7 @@ impl App {
         let _ = lag.await;
         drop(health);
         drop(consumer);
+        mongo.shutdown().await;
         tracing::info!("stream analytics stopped");
         Ok(served?)
     }

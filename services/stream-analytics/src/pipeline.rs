@@ -418,7 +418,8 @@ impl Pipeline {
                 if sent.is_none() {
                     return;
                 }
-                tracing::info!(%tp, offset, %reason, "dead-lettered a malformed message");
+                let trace_id = kafka::trace_id(msg).unwrap_or_default();
+                tracing::info!(%tp, offset, %reason, trace_id, "dead-lettered a malformed message");
                 owned.state.advance(offset);
                 self.metrics.dead_lettered.inc();
                 self.metrics

@@ -44,6 +44,7 @@ pub(crate) fn tp_id(topic: &str, partition: i32) -> String {
 /// The analytics database.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
+    client: Client,
     db: Database,
 }
 
@@ -53,7 +54,15 @@ impl Store {
         let client = Client::with_uri_str(url).await?;
         Ok(Self {
             db: client.database(database),
+            client,
         })
+    }
+
+    /// Ends the driver's sessions and closes its connections while the runtime still runs.
+    /// Left to `Drop`, the driver spawns that cleanup on a runtime that is shutting down,
+    /// and its task panics.
+    pub(crate) async fn shutdown(&self) {
+        self.client.clone().shutdown().immediate(true).await;
     }
 
     /// Round trip to the server.

@@ -241,13 +241,22 @@ async fn accountant_input_arrives_on_kafka_as_the_topic_messages() -> anyhow::Re
     }
     // Assigned, not subscribed: no consumer group join to wait for.
     consumer.assign(&assignment)?;
-    let mut got: Vec<(String, String, Value)> = Vec::new();
+    let mut got: Vec<(String, String, Value, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while got.len() < 2 {
         let m = tokio::time::timeout_at(deadline, consumer.recv()).await??;
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         let value: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        got.push((m.topic().to_owned(), key, value));
+        let trace = m
+            .headers()
+            .and_then(|h| {
+                rdkafka::message::Headers::iter(h)
+                    .find(|h| h.key == sluice_core::wire::TRACE_HEADER)
+            })
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        got.push((m.topic().to_owned(), key, value, trace));
     }
     got.sort_by(|a, b| a.0.cmp(&b.0));
     let (inv_msg, sale_msg) = (&got[0], &got[1]);
@@ -258,6 +267,10 @@ async fn accountant_input_arrives_on_kafka_as_the_topic_messages() -> anyhow::Re
     assert_eq!(sale_msg.2["items"].as_array().map(Vec::len), Some(3));
     assert_eq!(sale_msg.2["total_amount"].to_string(), "42.5");
     assert_eq!(sale_msg.2, sale["message"]);
+    // The request's trace id travels with the message and is in the answer.
+    assert!(!sale_msg.3.is_empty(), "the sale has no trace id");
+    assert_eq!(sale["trace_id"].as_str(), Some(sale_msg.3.as_str()));
+    assert_eq!(inv["trace_id"].as_str(), Some(inv_msg.3.as_str()));
     assert_eq!(
         (inv_msg.0.as_str(), inv_msg.1.as_str()),
         (inventory_topic.as_str(), "P001")

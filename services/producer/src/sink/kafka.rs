@@ -13,9 +13,11 @@ use futures::future::join_all;
 use rdkafka::{
     ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
 };
 use serde_json::Value;
+use sluice_core::wire::TRACE_HEADER;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeadLetterFile, Delivered, serialise};
@@ -97,8 +99,16 @@ impl KafkaSink {
             .iter()
             .zip(&keys)
             .zip(&topics)
-            .map(|(((_, bytes), key), topic)| {
-                let mut message = FutureRecord::to(topic).payload(bytes.as_slice());
+            .map(|(((record, bytes), key), topic)| {
+                // The record's id (unique per source: collection and _id, file and line, …)
+                // follows it as its trace id.
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: TRACE_HEADER,
+                    value: Some(record.id.as_str()),
+                });
+                let mut message = FutureRecord::to(topic)
+                    .payload(bytes.as_slice())
+                    .headers(headers);
                 if let Some(key) = key {
                     message = message.key(key.as_str());
                 }

@@ -5,6 +5,7 @@ use std::{collections::HashMap, io::Write, time::Duration};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
+    message::Headers as _,
 };
 use sluice_producer::run;
 use sluice_testkit::TestKafka;
@@ -55,11 +56,20 @@ async fn retail_scenario_lands_in_three_topics_with_keys() -> anyhow::Result<()>
     consumer.subscribe(&[&sales, &inventory, &clients])?;
     let mut per_topic: HashMap<String, usize> = HashMap::new();
     let mut keyed_sales = 0;
+    let mut trace_ids = std::collections::HashSet::new();
     while per_topic.values().sum::<usize>() < 500 {
         let msg = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
         if msg.topic() == sales && msg.key().is_some_and(|k| k.starts_with(b"INV-")) {
             keyed_sales += 1;
         }
+        // Each record's id follows it as its trace id.
+        let trace = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == sluice_core::wire::TRACE_HEADER))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let trace = trace.unwrap_or_else(|| panic!("no trace id on a message of {}", msg.topic()));
+        assert!(trace_ids.insert(trace.clone()), "trace id {trace} twice");
         *per_topic.entry(msg.topic().to_owned()).or_default() += 1;
     }
     assert_eq!(

@@ -251,7 +251,8 @@ impl Kafka {
     }
 
     /// The ceiling: reads `n` messages of `topic` from the start, touching each payload.
-    fn raw_consume(&self, topic: &str, n: u64) -> anyhow::Result<Duration> {
+    /// Returns the time to the first message (the group join) and to the last.
+    fn raw_consume(&self, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("{topic}-raw"))
@@ -261,13 +262,16 @@ impl Kafka {
             .create()?;
         consumer.subscribe(&[topic])?;
         let started = Instant::now();
-        let (mut count, mut bytes) = (0u64, 0usize);
+        let (mut count, mut bytes, mut joined) = (0u64, 0usize, Duration::ZERO);
         while count < n {
             if started.elapsed() > Duration::from_secs(900) {
                 bail!("raw consume: {count}/{n} after 900 s");
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
+                    if count == 0 {
+                        joined = started.elapsed();
+                    }
                     bytes += m.payload().map_or(0, <[u8]>::len);
                     count += 1;
                 }
@@ -276,7 +280,7 @@ impl Kafka {
             }
         }
         std::hint::black_box(bytes);
-        Ok(started.elapsed())
+        Ok((joined, started.elapsed()))
     }
 }
 
@@ -363,22 +367,37 @@ async fn sales_done(db: &Database, sales_topic: &str) -> anyhow::Result<u64> {
     Ok(u64::try_from(sum).unwrap_or(0))
 }
 
-/// Waits until the service has stored `n` sales; progress every second; returns the peak RSS.
+/// How the service got through a backlog.
+struct Done {
+    peak_rss_mib: f64,
+    /// When the first sales were stored (after the group join and the first flush), and how
+    /// many.
+    first: Option<(Duration, u64)>,
+}
+
+/// Waits until the service has stored `n` sales; progress every second.
 async fn wait_done(
     db: &Database,
     service: &Service,
     sales_topic: &str,
     n: u64,
     limit: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Done> {
     let started = Instant::now();
     let mut shown = Instant::now();
     let mut peak: f64 = 0.0;
+    let mut first = None;
     loop {
         let done = sales_done(db, sales_topic).await?;
         peak = peak.max(service.rss_mib());
+        if done > 0 && first.is_none() {
+            first = Some((started.elapsed(), done));
+        }
         if done >= n {
-            return Ok(peak);
+            return Ok(Done {
+                peak_rss_mib: peak,
+                first,
+            });
         }
         if started.elapsed() > limit {
             bail!("service stored {done}/{n} sales after {limit:?}");
@@ -584,17 +603,21 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("   produced in {:.1} s", took.as_secs_f64());
     let sales_topic = names.topic("topic-raw-sales");
-    let raw = tokio::task::block_in_place(|| kafka.raw_consume(&sales_topic, args.sales))?;
+    let (joined, raw) =
+        tokio::task::block_in_place(|| kafka.raw_consume(&sales_topic, args.sales))?;
     let raw_rate = args.sales as f64 / raw.as_secs_f64();
+    let raw_sustained = args.sales as f64 / (raw - joined).as_secs_f64().max(1e-3);
     println!(
-        "   ceiling, raw rdkafka consume loop: {:.1} s, {:.0} sales/s",
+        "   ceiling, raw rdkafka consume loop: {:.1} s, {:.0} sales/s; of that the group join {:.1} s, then {:.0} sales/s",
         raw.as_secs_f64(),
-        raw_rate
+        raw_rate,
+        joined.as_secs_f64(),
+        raw_sustained
     );
     let db = mongo.database(&names.database);
     let started = Instant::now();
     let service = Service::start(&args, &names).await?;
-    let peak = wait_done(
+    let done = wait_done(
         &db,
         &service,
         &sales_topic,
@@ -610,8 +633,20 @@ async fn main() -> anyhow::Result<()> {
         rate,
         100.0 * rate / raw_rate,
         service.rss_mib(),
-        peak
+        done.peak_rss_mib
     );
+    if let Some((at, stored)) = done.first {
+        // From the first stored sales on: the join and the first flush left out, as the
+        // ceiling's sustained rate leaves out its join.
+        let sustained = (args.sales - stored) as f64 / (took - at).as_secs_f64().max(1e-3);
+        println!(
+            "   sluice-analytics: first {stored} sales stored {:.1} s after the start, then {:.0} sales/s = {:.1} % of the raw loop's {:.0}",
+            at.as_secs_f64(),
+            sustained,
+            100.0 * sustained / raw_sustained,
+            raw_sustained
+        );
+    }
 
     let mut produced = args.sales;
     for &rate in &args.rates {
@@ -663,7 +698,8 @@ async fn main() -> anyhow::Result<()> {
             clients,
             Duration::from_secs(3600),
         )
-        .await?;
+        .await?
+        .peak_rss_mib;
         println!(
             "   consumed in {:.1} s; RSS {:.1} MiB after, peak {:.1} MiB",
             started.elapsed().as_secs_f64(),

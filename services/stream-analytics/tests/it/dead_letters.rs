@@ -80,6 +80,12 @@ async fn malformed_messages_are_dead_lettered_with_the_reason_and_the_rest_count
         };
         let source = header("source-topic");
         let base = source.rsplit('.').next().unwrap_or_default().to_owned();
+        // The writer's trace id goes along (produce_raw sets `<topic>#<index>`).
+        let trace = header(sluice_core::wire::TRACE_HEADER);
+        assert!(
+            trace.starts_with(&format!("{base}#")),
+            "dead letter from {base} has trace id {trace:?}"
+        );
         reasons.entry(base).or_default().push(header("reason"));
     }
     drop(consumer);

@@ -122,12 +122,22 @@ impl TestEnv {
     }
 
     /// Sends raw payloads to a topic (base name), for malformed input.
+    /// Sends `payloads` as they are, each with a trace id `<topic>#<index>` in its trace
+    /// header.
     pub(crate) async fn produce_raw(&self, topic: &str, payloads: &[&str]) -> anyhow::Result<()> {
+        let trace = |i: usize| format!("{topic}#{i}");
         let topic = format!("{}{topic}", self.prefix);
-        for p in payloads {
+        for (i, p) in payloads.iter().enumerate() {
+            let id = trace(i);
+            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: sluice_core::wire::TRACE_HEADER,
+                value: Some(id.as_str()),
+            });
             self.producer
                 .send(
-                    FutureRecord::<str, str>::to(&topic).payload(*p),
+                    FutureRecord::<str, str>::to(&topic)
+                        .payload(*p)
+                        .headers(headers),
                     Duration::from_secs(30),
                 )
                 .await
