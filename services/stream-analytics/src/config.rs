@@ -40,6 +40,10 @@ pub struct Config {
     pub flush_batch_size: usize,
     /// Log entries of a partition after which they are folded into one document per key.
     pub compact_after_entries: usize,
+    /// Minutes of the per-category rollup kept, in hours before "now": older minutes leave
+    /// the state and `sales_by_category_minute`, and a late sale does not bring them back.
+    /// 0 keeps every minute.
+    pub rollup_retention_hours: u64,
     /// Kafka session timeout, ms: how soon a dead replica's partitions move.
     pub kafka_session_timeout_ms: u64,
     /// Fixed "now" (RFC 3339) for expiry and movement rules; unset = the system clock.
@@ -74,6 +78,7 @@ impl Default for Config {
             dead_letter_topic: "topic-analytics-dead-letters".into(),
             flush_interval_ms: 200,
             flush_batch_size: 100_000,
+            rollup_retention_hours: 168,
             compact_after_entries: 500_000,
             kafka_session_timeout_ms: 10_000,
             now: None,
@@ -161,6 +166,13 @@ impl Config {
                 "day windows must be 0 or more",
             ));
         }
+        // A century at most: the cut-off is computed in minutes without overflow.
+        if self.rollup_retention_hours > 876_000 {
+            return Err(invalid(
+                "SLUICE_ANALYTICS_ROLLUP_RETENTION_HOURS",
+                "must be 0 (keep every minute) to 876000 (a century)",
+            ));
+        }
         self.fixed_now()?;
         Ok(())
     }
@@ -235,6 +247,17 @@ mod tests {
         };
         let err = config.validate().expect_err("invalid");
         assert!(err.to_string().contains("MONGODB_URL"), "{err}");
+    }
+
+    #[test]
+    fn a_retention_beyond_a_century_names_its_setting() {
+        let err = Config {
+            rollup_retention_hours: 876_001,
+            ..Config::default()
+        }
+        .validate()
+        .expect_err("too long");
+        assert!(err.to_string().contains("ROLLUP_RETENTION_HOURS"), "{err}");
     }
 
     #[test]

@@ -194,6 +194,8 @@ impl App {
             stale_movement_days: config.stale_movement_days,
             promo_min_revenue_cents: config.promo_min_revenue_cents,
             promo_tiers: config.promo_tier_list(),
+            rollup_minutes: (config.rollup_retention_hours > 0)
+                .then(|| i64::try_from(config.rollup_retention_hours * 60).unwrap_or(i64::MAX)),
         };
         let mongo = store.clone();
         let pipeline = Pipeline::new(

@@ -57,6 +57,8 @@ struct PartWrite {
     entries: Vec<RawDocumentBuf>,
     /// Every key logged since the last compaction, to fold the log into.
     compaction: Option<Vec<RawDocumentBuf>>,
+    /// The rollup's first kept minute: a compaction deletes older cells' stored keys.
+    cells_from: Option<i64>,
 }
 
 /// The writes of one flush: prepared while consuming waits, done while it goes on.
@@ -93,7 +95,7 @@ async fn write(
         .await?;
         if let Some(keys) = &w.compaction {
             let n = retry("compact state", &stop, &metrics, || {
-                store.compact_entries(&w.tp, w.next, keys)
+                store.compact_entries(&w.tp, w.next, keys, w.cells_from)
             })
             .await?;
             tracing::debug!(tp = %w.tp, keys = n, "log compacted");
@@ -449,7 +451,23 @@ impl Pipeline {
     ) -> Option<Option<Job>> {
         self.apply_rebalance();
         let started = Instant::now();
+        let now = self.clock.now();
+        let minute = now.timestamp().div_euclid(60);
+        let cells_from = self
+            .rules
+            .rollup_minutes
+            .map(|keep| minute.saturating_sub(keep));
+        // Minutes past the rollup's retention leave the state; the view and the results
+        // follow below, as for any changed key.
         let mut touched = Touched::default();
+        if let Some(from) = cells_from {
+            for owned in self.parts.values_mut() {
+                touched.cells.extend(owned.state.prune_cells(from));
+            }
+            for state in self.others.values_mut() {
+                touched.cells.extend(state.prune_cells(from));
+            }
+        }
         let mut parts = Vec::new();
         for (tp, owned) in self.parts.iter_mut().filter(|(_, o)| o.state.has_changes()) {
             let state = &mut owned.state;
@@ -466,6 +484,7 @@ impl Pipeline {
                 next,
                 entries,
                 compaction,
+                cells_from,
             });
         }
         let changed = !parts.is_empty();
@@ -479,8 +498,6 @@ impl Pipeline {
                 .filter(|(tp, _)| !self.parts.contains_key(*tp))
                 .any(|(tp, next)| before.get(tp) != Some(next)),
         };
-        let now = self.clock.now();
-        let minute = now.timestamp().div_euclid(60);
         let clock_moved = minute != self.risk_minute;
         let changes = if others_changed || self.reload_results || self.rebuild {
             // From scratch: every partition's state, every document compared.
@@ -491,6 +508,11 @@ impl Pipeline {
                 self.reload_results = false;
             }
             self.others = others;
+            if let Some(from) = cells_from {
+                for state in self.others.values_mut() {
+                    state.prune_cells(from);
+                }
+            }
             let all: Vec<&PartitionState> = (self.parts.values().map(|o| &o.state))
                 .chain(self.others.values())
                 .collect();

@@ -38,6 +38,8 @@ pub(crate) struct Rules {
     pub(crate) stale_movement_days: i64,
     pub(crate) promo_min_revenue_cents: i64,
     pub(crate) promo_tiers: Vec<String>,
+    /// Minutes of the rollup kept before "now"; `None` keeps every minute.
+    pub(crate) rollup_minutes: Option<i64>,
 }
 
 /// Collection → document id → document (without `updated_at`).

@@ -93,6 +93,9 @@ pub(crate) struct PartitionState {
     pub(crate) since_compaction: Touched,
     /// Log entries written since the last compaction.
     pub(crate) logged: usize,
+    /// The first minute the rollup keeps (see [`PartitionState::prune_cells`]); `None` keeps
+    /// every minute.
+    pub(crate) cells_from: Option<i64>,
 }
 
 /// Applies `change` to the slot of `key` unless the slot already includes `offset`; true if
@@ -212,6 +215,10 @@ impl PartitionState {
             }) {
                 self.touched.sold.insert(product.clone());
             }
+            if self.cells_from.is_some_and(|from| minute < from) {
+                // A minute past the rollup's retention: it stays out.
+                continue;
+            }
             let cell = (minute, product);
             if touch(&mut self.cells, cell.clone(), offset, |u| {
                 *u = u.saturating_add(units);
@@ -236,6 +243,28 @@ impl PartitionState {
         let touched = std::mem::take(&mut self.touched);
         self.since_compaction.extend(touched.clone());
         touched
+    }
+
+    /// Drops the rollup cells of minutes before `from`, and keeps later sales from adding
+    /// them back; returns the cells dropped, so the view drops them too. `from` only grows
+    /// (it follows the clock).
+    pub(crate) fn prune_cells(&mut self, from: i64) -> Vec<Cell> {
+        if self.cells_from.is_some_and(|kept| kept >= from) {
+            return Vec::new();
+        }
+        self.cells_from = Some(from);
+        let old: Vec<Cell> = self
+            .cells
+            .keys()
+            .filter(|(minute, _)| *minute < from)
+            .cloned()
+            .collect();
+        for cell in &old {
+            self.cells.remove(cell);
+            self.touched.cells.remove(cell);
+            self.since_compaction.cells.remove(cell);
+        }
+        old
     }
 
     /// After a compaction: nothing is in the log any more.
@@ -413,10 +442,14 @@ mod tests {
     use crate::model::LineItem;
 
     fn sale(client: &str, items: &[(&str, u64)], cents: i64) -> Input {
+        sale_at(120, client, items, cents)
+    }
+
+    fn sale_at(secs: i64, client: &str, items: &[(&str, u64)], cents: i64) -> Input {
         Input::Sale(Sale {
             invoice_id: "I".into(),
             client_id: client.into(),
-            timestamp: Utc.timestamp_opt(120, 0).single().expect("time"),
+            timestamp: Utc.timestamp_opt(secs, 0).single().expect("time"),
             total_amount: cents,
             items: items
                 .iter()
@@ -458,5 +491,23 @@ mod tests {
         p.apply(4, sale("C", &[("P1", 7), ("P2", 1)], 1));
         p.apply(6, sale("C", &[("P1", 1)], 1));
         assert_eq!((p.sold["P1"].value, p.sold["P2"].value), (11, 1));
+    }
+
+    #[test]
+    fn pruned_minutes_leave_the_rollup_and_late_sales_do_not_bring_them_back() {
+        let mut p = PartitionState::default();
+        p.apply(0, sale_at(60, "C", &[("P1", 1)], 1)); // minute 1
+        p.apply(1, sale_at(180, "C", &[("P1", 2)], 1)); // minute 3
+        assert_eq!(p.prune_cells(2), [(1, "P1".to_owned())]);
+        assert!(!p.touched.cells.contains(&(1, "P1".to_owned())));
+        assert_eq!(p.cells.keys().collect::<Vec<_>>(), [&(3, "P1".to_owned())]);
+        // A late sale for a pruned minute still counts as units sold and spend, not in the
+        // rollup; an earlier cut-off changes nothing.
+        p.apply(2, sale_at(61, "C", &[("P1", 5)], 1));
+        assert_eq!((p.sold["P1"].value, p.spent["C"].value.invoices), (8, 3));
+        assert!(!p.cells.contains_key(&(1, "P1".to_owned())));
+        assert!(p.prune_cells(1).is_empty());
+        assert_eq!(p.prune_cells(4), [(3, "P1".to_owned())]);
+        assert!(p.cells.is_empty());
     }
 }

@@ -192,20 +192,27 @@ impl Store {
     /// last compaction.
     #[cfg(test)]
     pub(crate) async fn compact(&self, tp: &str, part: &PartitionState) -> Result<usize> {
-        self.compact_entries(tp, part.stored_next, &entries(part, &part.since_compaction))
-            .await
+        self.compact_entries(
+            tp,
+            part.stored_next,
+            &entries(part, &part.since_compaction),
+            part.cells_from,
+        )
+        .await
     }
 
     /// Folds a partition's log into one document per key: writes `keys` (every key logged
     /// since the last compaction, as stored up to offset `next`), each replaced only if the
     /// stored `next` is lower, so a stale writer cannot go backwards; then deletes the log
-    /// documents that state covers. Returns the keys written.
+    /// documents that state covers, and the stored rollup cells of minutes before
+    /// `cells_from` (past retention). Returns the keys written.
     #[tracing::instrument(skip(self, keys), fields(keys = keys.len()))]
     pub(crate) async fn compact_entries(
         &self,
         tp: &str,
         next: i64,
         keys: &[RawDocumentBuf],
+        cells_from: Option<i64>,
     ) -> Result<usize> {
         // 1,000 statements at a time: a partition may have logged a million keys.
         for chunk in keys.chunks(CHUNK) {
@@ -237,6 +244,19 @@ impl Store {
             })
             .await?;
         check_write_errors(LOG, &reply)?;
+        if let Some(from) = cells_from {
+            let reply = self
+                .db
+                .run_command(doc! {
+                    "delete": STATE,
+                    "deletes": [{
+                        "q": {"tp": tp, "k": "cell", "v.minute": {"$lt": from}},
+                        "limit": 0,
+                    }],
+                })
+                .await?;
+            check_write_errors(STATE, &reply)?;
+        }
         Ok(keys.len())
     }
 
@@ -579,6 +599,25 @@ mod tests {
             .collection::<Document>(LOG)
             .count_documents(doc! {})
             .await?)
+    }
+
+    #[tokio::test]
+    async fn a_compaction_deletes_stored_cells_past_the_rollups_retention() -> anyhow::Result<()> {
+        let mongo = TestMongo::create().await?;
+        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        let mut part = PartitionState::default();
+        part.apply(0, sale("C1", "P1", 2));
+        save(&store, &mut part).await?;
+        store.compact(TP, &part).await?;
+        part.mark_compacted();
+        let (minute, _) = part.cells.keys().next().cloned().expect("a cell");
+        assert_eq!(store.load(TP).await?.cells.len(), 1, "the cell is stored");
+        assert_eq!(part.prune_cells(minute + 1).len(), 1);
+        store.compact(TP, &part).await?;
+        let loaded = store.load(TP).await?;
+        assert!(loaded.cells.is_empty(), "a cell past retention comes back");
+        assert_eq!(loaded.sold["P1"].value, 2, "units sold stay");
+        Ok(())
     }
 
     #[tokio::test]
