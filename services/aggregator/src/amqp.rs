@@ -1,5 +1,9 @@
 //! Optional RabbitMQ ingress: consumes a durable queue and writes straight to Postgres.
 //!
+//! Deliveries that are ready together are written in one transaction (a round of up to
+//! `round_events` events, as the stream workers do); should that round be refused, its
+//! deliveries are written one by one so only the bad one is dead-lettered.
+//!
 //! A delivery is acknowledged only after its events are committed, so a crash redelivers it;
 //! its id (`amqp:<message-id>`, or a hash of the body when the publisher set none) goes to
 //! `consumed_entries` with the events, so a redelivery is not counted twice. At most `prefetch`
@@ -9,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     message::Delivery,
@@ -44,6 +48,8 @@ pub struct AmqpIngress {
     pub metrics: AggregatorMetrics,
     pub shard: i32,
     pub max_batch_events: usize,
+    /// Most events written in one transaction (`SLUICE_AGGREGATOR_ROUND_EVENTS`).
+    pub round_events: usize,
 }
 
 impl AmqpIngress {
@@ -104,49 +110,123 @@ impl AmqpIngress {
                     return Ok(());
                 }
             };
-            self.handle(&delivery, &dead, shutdown).await?;
+            // What else has arrived joins the round, up to `round_events` events.
+            let mut round = Vec::new();
+            let mut events = 0;
+            if let Some(ready) = self.parse(delivery, &dead).await? {
+                events += ready.1.events.len();
+                round.push(ready);
+            }
+            while events < self.round_events {
+                let Some(next) = deliveries.next().now_or_never() else {
+                    break;
+                };
+                let delivery = next.ok_or(crate::Error::AmqpClosed)??;
+                if let Some(ready) = self.parse(delivery, &dead).await? {
+                    events += ready.1.events.len();
+                    round.push(ready);
+                }
+            }
+            self.store_round(round, &dead, shutdown).await?;
         }
     }
 
-    async fn handle(
+    /// The delivery's events, or `None` once an unreadable delivery is dead-lettered and
+    /// acknowledged.
+    async fn parse(
         &self,
-        delivery: &Delivery,
+        delivery: Delivery,
         dead: &Channel,
-        shutdown: &CancellationToken,
-    ) -> Result<()> {
+    ) -> Result<Option<(Delivery, QueuedBatch)>> {
         // The HTTP payload-size limit does not apply to AMQP messages (docs/operations.md).
         let limits = Limits {
             max_events: self.max_batch_events,
             max_payload_bytes: usize::MAX,
         };
-        let events = parse_body(&delivery.data, &limits).map_err(|e| e.to_string());
-        let events = match events {
-            Ok(events) => events,
-            Err(reason) => {
-                self.dead_letter(delivery, dead, &reason).await?;
-                delivery.ack(BasicAckOptions::default()).await?;
-                return Ok(());
+        match parse_body(&delivery.data, &limits) {
+            Ok(events) => {
+                self.metrics.accepted.inc_by(events.len() as u64);
+                let batch = QueuedBatch {
+                    entry_id: entry_id(&delivery),
+                    events,
+                };
+                Ok(Some((delivery, batch)))
             }
-        };
-        let batch = QueuedBatch {
-            entry_id: entry_id(delivery),
-            events,
-        };
-        self.metrics.accepted.inc_by(batch.events.len() as u64);
+            Err(err) => {
+                self.dead_letter(&delivery, dead, &err.to_string()).await?;
+                delivery.ack(BasicAckOptions::default()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a round in one transaction and acknowledges it; if Postgres refuses it (or
+    /// keeps failing the statement), its deliveries one by one.
+    async fn store_round(
+        &self,
+        round: Vec<(Delivery, QueuedBatch)>,
+        dead: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        if let [(delivery, batch)] = round.as_slice() {
+            return self.store_one(delivery, batch, dead, shutdown).await;
+        }
+        if round.is_empty() {
+            return Ok(());
+        }
+        let batches: Vec<QueuedBatch> = round.iter().map(|(_, b)| b.clone()).collect();
+        match self.write(&batches, shutdown).await {
+            Written::Yes => {
+                for (delivery, _) in &round {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Ok(())
+            }
+            Written::Refused(err) => {
+                tracing::warn!(error = %err, deliveries = round.len(), "Postgres refused a round of AMQP deliveries; storing them one by one");
+                self.metrics.rounds_split.inc();
+                for (delivery, batch) in &round {
+                    self.store_one(delivery, batch, dead, shutdown).await?;
+                }
+                Ok(())
+            }
+            // Not acknowledged: the broker redelivers them.
+            Written::Stopped => Ok(()),
+        }
+    }
+
+    /// Writes one delivery, dead-letters it if Postgres refuses it, and acknowledges it.
+    async fn store_one(
+        &self,
+        delivery: &Delivery,
+        batch: &QueuedBatch,
+        dead: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        match self.write(std::slice::from_ref(batch), shutdown).await {
+            Written::Yes => {}
+            Written::Refused(err) => self.dead_letter(delivery, dead, &err.reason()).await?,
+            // Not acknowledged: the broker redelivers it.
+            Written::Stopped => return Ok(()),
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Writes `batches` in one transaction: outages are retried until shutdown, statement
+    /// failures [`STATEMENT_ATTEMPTS`] times, refused data not at all.
+    async fn write(&self, batches: &[QueuedBatch], shutdown: &CancellationToken) -> Written {
         let mut backoff =
             Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)).delays();
         let mut statement_failures = 0;
         loop {
-            let err = match self
-                .store
-                .write(self.shard, std::slice::from_ref(&batch))
-                .await
-            {
+            let err = match self.store.write(self.shard, batches).await {
                 Ok(outcome) => {
                     self.metrics.received.inc_by(outcome.received);
                     self.metrics.unique.inc_by(outcome.unique);
                     self.metrics.duplicates.inc_by(outcome.duplicates);
-                    break;
+                    self.metrics.batch_size.observe(outcome.received as f64);
+                    return Written::Yes;
                 }
                 Err(err) => err,
             };
@@ -159,19 +239,15 @@ impl AmqpIngress {
                 WriteFailure::Outage => false,
             };
             if give_up {
-                self.dead_letter(delivery, dead, &err.reason()).await?;
-                break;
+                return Written::Refused(err);
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-            tracing::warn!(error = %err, ?delay, "storing an AMQP delivery failed; retrying");
+            tracing::warn!(error = %err, ?delay, "storing AMQP deliveries failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                // Not acknowledged: the broker redelivers it.
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => return Written::Stopped,
             }
         }
-        delivery.ack(BasicAckOptions::default()).await?;
-        Ok(())
     }
 
     async fn dead_letter(&self, delivery: &Delivery, dead: &Channel, reason: &str) -> Result<()> {
@@ -196,6 +272,15 @@ impl AmqpIngress {
         self.metrics.dead_lettered.inc();
         Ok(())
     }
+}
+
+/// How a write of AMQP deliveries ended.
+enum Written {
+    Yes,
+    /// Refused, or the statement kept failing: the last error.
+    Refused(crate::Error),
+    /// Shutdown came during an outage.
+    Stopped,
 }
 
 /// Uses the queue as it is when it exists (the producer declares its queues as quorum queues

@@ -201,6 +201,7 @@ impl App {
                 metrics: state.metrics.clone(),
                 shard: shard_base + 99,
                 max_batch_events: config.max_batch_events,
+                round_events: config.round_events,
             };
             tasks.spawn(ingress.run(shutdown.clone()));
         }

@@ -141,9 +141,12 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let fresh = claim_entries(&mut tx, batches).await?;
+        // An id twice in one round (an AMQP message delivered again before the first copy was
+        // acknowledged) is stored and counted once, as in two rounds.
+        let mut taken = HashSet::new();
         let mut events: Vec<&Event> = batches
             .iter()
-            .filter(|b| fresh.contains(&b.entry_id))
+            .filter(|b| fresh.contains(&b.entry_id) && taken.insert(b.entry_id.as_str()))
             .flat_map(|b| b.events.iter())
             .collect();
         let received = events.len() as u64;
