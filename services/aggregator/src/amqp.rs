@@ -111,21 +111,14 @@ impl AmqpIngress {
                 }
             };
             // What else has arrived joins the round, up to `round_events` events.
-            let mut round = Vec::new();
-            let mut events = 0;
-            if let Some(ready) = self.parse(delivery, &dead).await? {
-                events += ready.1.events.len();
-                round.push(ready);
-            }
-            while events < self.round_events {
+            let mut round = Round::default();
+            round.add(self.parse(delivery, &dead).await?);
+            while round.events < self.round_events {
                 let Some(next) = deliveries.next().now_or_never() else {
                     break;
                 };
                 let delivery = next.ok_or(crate::Error::AmqpClosed)??;
-                if let Some(ready) = self.parse(delivery, &dead).await? {
-                    events += ready.1.events.len();
-                    round.push(ready);
-                }
+                round.add(self.parse(delivery, &dead).await?);
             }
             self.store_round(round, &dead, shutdown).await?;
         }
@@ -164,28 +157,31 @@ impl AmqpIngress {
     /// keeps failing the statement), its deliveries one by one.
     async fn store_round(
         &self,
-        round: Vec<(Delivery, QueuedBatch)>,
+        round: Round,
         dead: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        if let [(delivery, batch)] = round.as_slice() {
-            return self.store_one(delivery, batch, dead, shutdown).await;
+        let Round {
+            deliveries,
+            batches,
+            ..
+        } = round;
+        match (deliveries.as_slice(), batches.as_slice()) {
+            ([], _) => return Ok(()),
+            ([delivery], [batch]) => return self.store_one(delivery, batch, dead, shutdown).await,
+            _ => {}
         }
-        if round.is_empty() {
-            return Ok(());
-        }
-        let batches: Vec<QueuedBatch> = round.iter().map(|(_, b)| b.clone()).collect();
         match self.write(&batches, shutdown).await {
             Written::Yes => {
-                for (delivery, _) in &round {
+                for delivery in &deliveries {
                     delivery.ack(BasicAckOptions::default()).await?;
                 }
                 Ok(())
             }
             Written::Refused(err) => {
-                tracing::warn!(error = %err, deliveries = round.len(), "Postgres refused a round of AMQP deliveries; storing them one by one");
+                tracing::warn!(error = %err, deliveries = deliveries.len(), "Postgres refused a round of AMQP deliveries; storing them one by one");
                 self.metrics.rounds_split.inc();
-                for (delivery, batch) in &round {
+                for (delivery, batch) in deliveries.iter().zip(&batches) {
                     self.store_one(delivery, batch, dead, shutdown).await?;
                 }
                 Ok(())
@@ -271,6 +267,25 @@ impl AmqpIngress {
         .await?;
         self.metrics.dead_lettered.inc();
         Ok(())
+    }
+}
+
+/// Deliveries written together, and their batches (apart, so the store takes the batches as
+/// they are).
+#[derive(Default)]
+struct Round {
+    deliveries: Vec<Delivery>,
+    batches: Vec<QueuedBatch>,
+    events: usize,
+}
+
+impl Round {
+    fn add(&mut self, parsed: Option<(Delivery, QueuedBatch)>) {
+        if let Some((delivery, batch)) = parsed {
+            self.events += batch.events.len();
+            self.deliveries.push(delivery);
+            self.batches.push(batch);
+        }
     }
 }
 
