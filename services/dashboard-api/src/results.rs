@@ -75,9 +75,11 @@ impl Collection {
                 let hour_ago = mongodb::bson::DateTime::from_millis(
                     (Utc::now() - chrono::Duration::hours(1)).timestamp_millis(),
                 );
+                // Newest minutes first: when the hour holds more than `max_rows` documents,
+                // the limit leaves out the oldest minutes, never the latest sales.
                 (
                     doc! {"minute": {"$gte": hour_ago}},
-                    doc! {"minute": 1, "category": 1},
+                    doc! {"minute": -1, "category": 1},
                 )
             }
         }

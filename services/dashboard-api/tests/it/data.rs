@@ -115,6 +115,41 @@ async fn results_come_from_mongo_and_empty_ones_have_a_placeholder() -> anyhow::
 }
 
 #[tokio::test]
+async fn a_chart_over_the_row_limit_keeps_the_latest_minutes() -> anyhow::Result<()> {
+    let env = Env::create().await?;
+    env.users().await?;
+    let mut config = env.config();
+    config.max_rows = 4;
+    let app = Running::start(config).await?;
+    let now_minute = chrono::Utc::now().timestamp() / 60 * 60;
+    let at = |minutes_ago: i64| BsonTime::from_millis((now_minute - 60 * minutes_ago) * 1000);
+    let cell = |category: &str, minutes_ago: i64| {
+        doc! {
+            "_id": format!("{category}|{minutes_ago}"), "category": category, "minute": at(minutes_ago),
+            "units": 1_i64, "revenue_cents": 100_i64, "profit_cents": 10_i64, "updated_at": BsonTime::now(),
+        }
+    };
+    // Six older cells fill more than the limit; the latest sale is in a category of its own.
+    let mut cells: Vec<_> = (10..13)
+        .flat_map(|m| [cell("dairy", m), cell("bakery", m)])
+        .collect();
+    cells.push(cell("frozen", 0));
+    let db = env.mongo.database();
+    db.collection("sales_by_category_minute")
+        .insert_many(cells)
+        .await?;
+    let viewer = app.login("viewer").await?;
+    let (_, chart) = viewer.get("/api/results/sales_by_category").await?;
+    let rows = chart["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 4, "{chart}");
+    assert_eq!(
+        rows[0]["category"], "frozen",
+        "the latest minute first: {chart}"
+    );
+    app.stop().await
+}
+
+#[tokio::test]
 async fn the_admin_sees_the_aggregators_figures() -> anyhow::Result<()> {
     let env = Env::create().await?;
     env.users().await?;

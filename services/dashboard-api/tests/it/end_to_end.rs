@@ -124,6 +124,15 @@ async fn a_sale_entered_by_an_accountant_reaches_a_viewers_page_through_the_anal
         "sale submitted in the page to the viewer's winners: {:?}",
         submitted.elapsed()
     );
+    // The rollup is written after the winners, and its watcher polls on its own timer.
+    until(
+        &viewer,
+        "the sale in the viewer's chart",
+        Duration::from_secs(5),
+        "const d = document.getElementById('chart-svg-desc'); \
+         return !!d && d.textContent.includes('dairy: sales 7.96, profit 3.56')",
+    )
+    .await?;
     screenshot(&viewer, "viewer-after-analytics").await?;
     viewer.close().await?;
     accountant.close().await?;
