@@ -36,8 +36,12 @@ pub struct Config {
     pub dead_letter_topic: String,
     /// Longest time between flushes while input arrives, ms.
     pub flush_interval_ms: u64,
-    /// Messages that trigger a flush before the interval is up (a bound on unwritten work).
+    /// Messages that trigger a flush before the interval is up; also how far consuming runs
+    /// ahead of a flush being written (a bound on unwritten work, and on what a crash replays).
     pub flush_batch_size: usize,
+    /// Changed keys that trigger a flush, and how many consuming may change ahead of a flush
+    /// being written: what a flush holds in memory and writes follows the keys it changed.
+    pub flush_max_keys: usize,
     /// Log entries of a partition after which they are folded into one document per key.
     pub compact_after_entries: usize,
     /// Minutes of the per-category rollup kept, in hours before "now": older minutes leave
@@ -77,7 +81,8 @@ impl Default for Config {
             clients_topic: "topic-clients".into(),
             dead_letter_topic: "topic-analytics-dead-letters".into(),
             flush_interval_ms: 200,
-            flush_batch_size: 100_000,
+            flush_batch_size: 1_000_000,
+            flush_max_keys: 250_000,
             rollup_retention_hours: 168,
             compact_after_entries: 500_000,
             kafka_session_timeout_ms: 10_000,
@@ -144,6 +149,10 @@ impl Config {
             (
                 "SLUICE_ANALYTICS_FLUSH_BATCH_SIZE",
                 self.flush_batch_size as u64,
+            ),
+            (
+                "SLUICE_ANALYTICS_FLUSH_MAX_KEYS",
+                self.flush_max_keys as u64,
             ),
             (
                 "SLUICE_ANALYTICS_COMPACT_AFTER_ENTRIES",
@@ -268,6 +277,12 @@ mod tests {
         };
         let err = config.validate().expect_err("invalid");
         assert!(err.to_string().contains("FLUSH_INTERVAL_MS"), "{err}");
+        let config = Config {
+            flush_max_keys: 0,
+            ..Config::default()
+        };
+        let err = config.validate().expect_err("invalid");
+        assert!(err.to_string().contains("FLUSH_MAX_KEYS"), "{err}");
         let config = Config {
             now: Some("yesterday".into()),
             ..Config::default()

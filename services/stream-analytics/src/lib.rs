@@ -209,6 +209,7 @@ impl App {
             clock,
             Config::ms(config.flush_interval_ms),
             config.flush_batch_size,
+            config.flush_max_keys,
             config.compact_after_entries,
             Config::ms(config.shutdown_timeout_ms),
         );

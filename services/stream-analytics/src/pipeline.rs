@@ -4,7 +4,9 @@
 //! the partition is seen). Every `flush_interval_ms` (or, when the last flush took longer,
 //! after as long as it took), or after `flush_batch_size` messages, the changed state is
 //! written with its offsets, the results are derived and written where they differ, and only
-//! then are the offsets committed to Kafka. A tick with nothing new writes nothing. While MongoDB fails, the loop retries the flush and does not consume.
+//! then are the offsets committed to Kafka. A tick with nothing new writes nothing. Consuming
+//! goes on while a flush writes (up to `flush_batch_size` messages ahead); while MongoDB
+//! fails, the loop retries the flush and does not consume.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -12,8 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::future::OptionFuture;
+use futures::{FutureExt as _, StreamExt as _, future::OptionFuture};
 use mongodb::bson::RawDocumentBuf;
+use prometheus::IntCounter;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{CommitMode, Consumer as _},
@@ -117,6 +120,29 @@ async fn write(
     })
 }
 
+/// Messages taken from the consumer's queue in one go, without returning to the loop's
+/// `select!` (which sets up its timer and waits for each one).
+const DRAIN: usize = 1024;
+
+/// One input's message counters, looked up once (not by label on every message).
+#[derive(Debug)]
+struct Counted {
+    applied: IntCounter,
+    replayed: IntCounter,
+    dead_lettered: IntCounter,
+}
+
+impl Counted {
+    fn new(metrics: &AnalyticsMetrics, topic: &str) -> Self {
+        let counter = |outcome| metrics.messages.with_label_values(&[topic, outcome]);
+        Self {
+            applied: counter("applied"),
+            replayed: counter("replayed"),
+            dead_lettered: counter("dead_lettered"),
+        }
+    }
+}
+
 /// A flush whose writes are under way.
 type Job = tokio::task::JoinHandle<Option<Written>>;
 
@@ -132,11 +158,16 @@ pub(crate) struct Pipeline {
     pub(crate) clock: Clock,
     pub(crate) flush_interval: Duration,
     pub(crate) flush_batch: usize,
+    /// Changed keys that start a flush (and that consuming may change ahead of one).
+    pub(crate) flush_keys: usize,
     /// Log entries of a partition after which a flush compacts them.
     pub(crate) compact_after: usize,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) positions: Positions,
     parts: BTreeMap<String, Owned>,
+    /// Each input partition's id (`topic|partition`), made once.
+    tp_ids: HashMap<(Kind, i32), String>,
+    counted: HashMap<Kind, Counted>,
     /// The stored state of the partitions this process does not hold.
     others: BTreeMap<String, PartitionState>,
     /// Every partition merged; kept up to date by each flush.
@@ -177,9 +208,13 @@ impl Pipeline {
         clock: Clock,
         flush_interval: Duration,
         flush_batch: usize,
+        flush_keys: usize,
         compact_after: usize,
         shutdown_timeout: Duration,
     ) -> Self {
+        let counted = (kinds.iter())
+            .map(|(topic, &kind)| (kind, Counted::new(&metrics, topic)))
+            .collect();
         Self {
             consumer,
             dead_letters,
@@ -191,10 +226,13 @@ impl Pipeline {
             clock,
             flush_interval,
             flush_batch,
+            flush_keys,
             compact_after,
             shutdown_timeout,
             positions: Positions::default(),
             parts: BTreeMap::new(),
+            tp_ids: HashMap::new(),
+            counted,
             others: BTreeMap::new(),
             view: View::default(),
             stored: Stored::default(),
@@ -210,9 +248,11 @@ impl Pipeline {
     ///
     /// A flush is prepared from the state in memory (which keys to log, which documents
     /// changed) while consuming waits; its writes then run while consuming goes on, up to
-    /// `flush_batch` messages ahead. The next flush starts once they are done and the
-    /// interval has passed (or `flush_batch` messages wait), so under a backlog batches grow
-    /// to what MongoDB takes in the time, and keys repeated within a batch are written once.
+    /// `flush_batch` messages or `flush_keys` changed keys ahead, unless they meet a MongoDB
+    /// failure (then consuming waits for them). The next flush starts once they are done and
+    /// the interval has passed (or a full batch waits), so under a backlog a batch holds what
+    /// arrived while the last one was written, and a key repeated within it is written once:
+    /// what a flush holds and writes follows the keys it changed, not the messages.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let stored = retry("read results", &shutdown, &self.metrics, || {
             self.store.load_digests()
@@ -227,12 +267,18 @@ impl Pipeline {
             return;
         }
         let consumer = self.consumer.clone();
+        // One stream for the whole run: each `recv()` would register a waker slot anew.
+        let mut messages = consumer.stream();
         let mut job: Option<Job> = None;
         let mut due = tokio::time::Instant::now() + self.flush_interval;
         let mut intact = true;
+        // MongoDB's failures counted when the flush under way started: consuming pauses once
+        // that flush meets one, and goes on while it is merely writing, up to `flush_batch`
+        // messages ahead of it.
+        let mut errors_before = 0;
         loop {
             let writing = job.is_some();
-            let room = !writing || self.pending < self.flush_batch;
+            let room = !writing || self.room_ahead(errors_before);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -248,27 +294,39 @@ impl Pipeline {
                 }
                 () = tokio::time::sleep_until(due), if !writing => {
                     due = tokio::time::Instant::now() + self.flush_interval;
+                    errors_before = self.metrics.store_errors.get();
                     match self.start_flush(&shutdown, &writes_stop).await {
                         Some(started) => job = started,
                         None => break,
                     }
                 }
-                msg = consumer.recv(), if room => match msg {
-                    Ok(msg) => {
-                        self.handle(&msg, &shutdown).await;
-                        drop(msg);
-                        if job.is_none() && self.pending >= self.flush_batch {
-                            due = tokio::time::Instant::now() + self.flush_interval;
-                            match self.start_flush(&shutdown, &writes_stop).await {
-                                Some(started) => job = started,
-                                None => break,
-                            }
+                Some(msg) = messages.next(), if room => {
+                    // This message, then those already fetched, up to `DRAIN`.
+                    let mut next = Some(msg);
+                    let mut taken = 0;
+                    while let Some(msg) = next.take() {
+                        match msg {
+                            Ok(msg) => self.handle(&msg, &shutdown).await,
+                            Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
+                        }
+                        taken += 1;
+                        let room = job.is_none() || self.room_ahead(errors_before);
+                        if taken < DRAIN && room && !shutdown.is_cancelled() {
+                            next = messages.next().now_or_never().flatten();
                         }
                     }
-                    Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
-                },
+                    if job.is_none() && self.batch_full() {
+                        due = tokio::time::Instant::now() + self.flush_interval;
+                        errors_before = self.metrics.store_errors.get();
+                        match self.start_flush(&shutdown, &writes_stop).await {
+                            Some(started) => job = started,
+                            None => break,
+                        }
+                    }
+                }
             }
         }
+        drop(messages);
         let timeout = self.shutdown_timeout;
         let guard = writes_stop.clone();
         let timer = tokio::spawn(async move {
@@ -323,6 +381,22 @@ impl Pipeline {
         }
     }
 
+    /// Changed keys not in a flush yet.
+    fn touched_keys(&self) -> usize {
+        self.parts.values().map(|o| o.state.touched.len()).sum()
+    }
+
+    /// A batch big enough to flush before the interval is up.
+    fn batch_full(&self) -> bool {
+        self.pending >= self.flush_batch || self.touched_keys() >= self.flush_keys
+    }
+
+    /// Room to consume while a flush writes: `flush_batch` messages and `flush_keys` changed
+    /// keys ahead of it at most, and no MongoDB failure since it started (`errors_before`).
+    fn room_ahead(&self, errors_before: u64) -> bool {
+        !self.batch_full() && self.metrics.store_errors.get() == errors_before
+    }
+
     fn apply_rebalance(&mut self) {
         for event in self.consumer.context().take_events() {
             self.reload_results = true;
@@ -351,16 +425,19 @@ impl Pipeline {
         let Some(&kind) = self.kinds.get(topic) else {
             return;
         };
-        let tp = tp_id(topic, partition);
-        if !self.parts.contains_key(&tp) {
+        let tp: &str = self
+            .tp_ids
+            .entry((kind, partition))
+            .or_insert_with(|| tp_id(topic, partition));
+        if !self.parts.contains_key(tp) {
             let loaded = retry("load partition state", stop, &self.metrics, || {
-                self.store.load(&tp)
+                self.store.load(tp)
             })
             .await;
             let Some(state) = loaded else { return };
             tracing::info!(%tp, next = state.next, "partition state loaded");
             // It was among the others' state in the view; the view is built again with it.
-            self.others.remove(&tp);
+            self.others.remove(tp);
             self.rebuild = true;
             let owned = Owned {
                 topic: topic.to_owned(),
@@ -369,9 +446,9 @@ impl Pipeline {
                 state,
                 checked: false,
             };
-            self.parts.insert(tp.clone(), owned);
+            self.parts.insert(tp.to_owned(), owned);
         }
-        let Some(owned) = self.parts.get_mut(&tp) else {
+        let Some(owned) = self.parts.get_mut(tp) else {
             return;
         };
         let next = owned.state.next;
@@ -396,20 +473,15 @@ impl Pipeline {
                 }
             }
         }
+        let counted = self.counted.get(&kind);
         if !owned.state.is_new(offset) {
-            self.metrics
-                .messages
-                .with_label_values(&[topic, "replayed"])
-                .inc();
+            counted.inspect(|c| c.replayed.inc());
             return;
         }
         match model::parse(kind, msg.payload()) {
             Ok(input) => {
                 owned.state.apply(offset, input);
-                self.metrics
-                    .messages
-                    .with_label_values(&[topic, "applied"])
-                    .inc();
+                counted.inspect(|c| c.applied.inc());
             }
             Err(reason) => {
                 let (producer, dlq) = (&self.dead_letters, &self.dead_letter_topic);
@@ -424,10 +496,7 @@ impl Pipeline {
                 tracing::info!(%tp, offset, %reason, trace_id, "dead-lettered a malformed message");
                 owned.state.advance(offset);
                 self.metrics.dead_lettered.inc();
-                self.metrics
-                    .messages
-                    .with_label_values(&[topic, "dead_lettered"])
-                    .inc();
+                counted.inspect(|c| c.dead_lettered.inc());
             }
         }
         self.pending += 1;

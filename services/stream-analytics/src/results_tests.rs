@@ -52,7 +52,8 @@ fn winners_rank_by_profit_over_all_units_and_skip_unknown_products() {
     let mut view = View {
         sold: [("A", 10), ("B", 3), ("C", 100), ("X", 1000)]
             .map(|(k, v)| (k.to_owned(), v))
-            .into(),
+            .into_iter()
+            .collect(),
         ..View::default()
     };
     for (id, buy, sell) in [("A", 100, 150), ("B", 100, 400), ("C", 100, 101)] {
@@ -160,17 +161,17 @@ fn normalized(s: &Stored) -> BTreeMap<&'static str, BTreeMap<String, u64>> {
         .collect()
 }
 
-fn random_input(rng: &mut fastrand::Rng, now: DateTime<Utc>) -> Input {
+fn random_input(rng: &mut fastrand::Rng, now: DateTime<Utc>) -> Input<'static> {
     let categories = ["dairy", "bakery", "drinks"];
     match rng.u8(0..10) {
         0..=5 => Input::Sale(Sale {
             invoice_id: "I".into(),
-            client_id: format!("C{}", rng.u8(0..10)),
+            client_id: format!("C{}", rng.u8(0..10)).into(),
             timestamp: now + chrono::Duration::minutes(rng.i64(0..5)),
             total_amount: rng.i64(0..50_000),
             items: (0..rng.usize(1..4))
                 .map(|_| LineItem {
-                    product_id: format!("P{}", rng.u8(0..8)),
+                    product_id: format!("P{}", rng.u8(0..8)).into(),
                     quantity: rng.u64(0..6),
                 })
                 .collect(),

@@ -423,7 +423,11 @@ pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<RawDocumentB
 }
 
 /// Keeps the slot that includes more of the partition (the larger `next`).
-fn merge<K: std::hash::Hash + Eq, T>(map: &mut HashMap<K, Slot<T>>, key: K, slot: Slot<T>) {
+fn merge<K: std::hash::Hash + Eq, T>(
+    map: &mut crate::state::HashMap<K, Slot<T>>,
+    key: K,
+    slot: Slot<T>,
+) {
     match map.entry(key) {
         Entry::Vacant(e) => {
             e.insert(slot);
@@ -540,20 +544,20 @@ mod tests {
 
     const TP: &str = "t|0";
 
-    fn sale(client: &str, product: &str, quantity: u64) -> Input {
+    fn sale(client: &str, product: &str, quantity: u64) -> Input<'static> {
         Input::Sale(Sale {
             invoice_id: "I".into(),
-            client_id: client.into(),
+            client_id: client.to_owned().into(),
             timestamp: Utc.timestamp_opt(600, 0).single().expect("time"),
             total_amount: 250,
             items: vec![LineItem {
-                product_id: product.into(),
+                product_id: product.to_owned().into(),
                 quantity,
             }],
         })
     }
 
-    fn record(product: &str, batch: &str) -> Input {
+    fn record(product: &str, batch: &str) -> Input<'static> {
         Input::Inventory(Inventory {
             product_id: product.into(),
             name: "N".into(),
@@ -568,7 +572,7 @@ mod tests {
         })
     }
 
-    fn client(id: &str) -> Input {
+    fn client(id: &str) -> Input<'static> {
         Input::Client(ClientRecord {
             client_id: id.into(),
             name: "C".into(),
