@@ -13,6 +13,18 @@ use crate::{
 };
 
 const SALES: usize = 30_000;
+/// Sales produced once the flushes fail: input that must wait.
+const MORE: usize = 2_000;
+
+/// Sales messages applied so far (`analytics_messages_total`, outcome `applied`).
+fn applied_sales(text: &str, sales_topic: &str) -> f64 {
+    let topic = format!("topic=\"{sales_topic}\"");
+    text.lines()
+        .filter(|l| l.starts_with("analytics_messages_total{") && l.contains(&topic))
+        .filter(|l| l.contains("outcome=\"applied\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
 fn mongo_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -25,17 +37,20 @@ async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result
     let env = TestEnv::create().await?;
     let proxy = FaultProxy::start(mongo_addr(env.mongo.url())?).await?;
     let products = inventory();
-    let sales: Vec<_> = (0..SALES).map(sale).collect();
+    let mut sales: Vec<_> = (0..SALES).map(sale).collect();
     env.produce(&products.iter().map(inventory_msg).collect::<Vec<_>>())
         .await?;
     env.produce(&client_msgs()).await?;
     env.produce(&sales.iter().map(sale_msg).collect::<Vec<_>>())
         .await?;
     let mut config = env.config();
+    // No bound on messages: what stops consuming during the outage is the failure itself.
+    config.flush_batch_size = 1_000_000;
     config.mongodb_url = Secret::new(format!(
         "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
         proxy.addr()
     ));
+    let config_topics = config.topics();
     let (app, metrics) = start(config).await?;
     eventually("some sales stored", Duration::from_secs(60), || async {
         (env.sales_done().await.ok()? > 0).then_some(())
@@ -49,11 +64,21 @@ async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result
     })
     .await?;
     let stored_during = env.sales_done().await?;
-    assert!(
-        stored_during < SALES as i64,
-        "the outage must come mid-stream"
-    );
+    // The outage comes mid-stream: MORE sales are produced during it.
+    // Consuming stops at the first failed write, not only once a full batch waits.
+    let sales_topic = config_topics.sales;
+    let applied = applied_sales(&metrics.render(), &sales_topic);
+    let more: Vec<_> = (SALES..SALES + MORE).map(sale).collect();
+    env.produce(&more.iter().map(sale_msg).collect::<Vec<_>>())
+        .await?;
+    sales.extend(more);
     tokio::time::sleep_until(down_at + Duration::from_secs(10)).await; // the outage itself
+    let applied_after = applied_sales(&metrics.render(), &sales_topic);
+    // At most the one message the loop was already waiting for when the write failed.
+    assert!(
+        applied_after <= applied + 1.0,
+        "consumed while MongoDB was down: {applied} then {applied_after} sales applied"
+    );
     assert_eq!(
         env.sales_done().await?,
         stored_during,
