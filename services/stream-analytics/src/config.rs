@@ -37,7 +37,8 @@ pub struct Config {
     /// Longest time between flushes while input arrives, ms.
     pub flush_interval_ms: u64,
     /// Messages that trigger a flush before the interval is up; also how far consuming runs
-    /// ahead of a flush being written (a bound on unwritten work, and on what a crash replays).
+    /// ahead of a flush being written (a bound on unwritten work, and so on what a crash
+    /// replays beyond that flush).
     pub flush_batch_size: usize,
     /// Changed keys that trigger a flush, and how many consuming may change ahead of a flush
     /// being written: what a flush holds in memory and writes follows the keys it changed.

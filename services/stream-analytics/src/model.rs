@@ -16,7 +16,8 @@ pub(crate) enum Kind {
 }
 
 /// A sale (`topic-raw-sales`). Its text borrows from the message where it can (it has no
-/// escapes): sales are most of the input, and their ids are copied only into new keys.
+/// escapes): sales are most of the input, and their client and product ids are copied only
+/// into new keys (a rollup cell's key is still built for each line).
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Sale<'a> {
     #[allow(dead_code, reason = "parsed to validate the message; not aggregated")]

@@ -2,11 +2,12 @@
 //!
 //! Messages change the in-memory state of their partition (loaded from MongoDB the first time
 //! the partition is seen). Every `flush_interval_ms` (or, when the last flush took longer,
-//! after as long as it took), or after `flush_batch_size` messages, the changed state is
-//! written with its offsets, the results are derived and written where they differ, and only
-//! then are the offsets committed to Kafka. A tick with nothing new writes nothing. Consuming
-//! goes on while a flush writes (up to `flush_batch_size` messages ahead); while MongoDB
-//! fails, the loop retries the flush and does not consume.
+//! after as long as it took), or after `flush_batch_size` messages or `flush_max_keys`
+//! changed keys, the changed state is written with its offsets, the results are derived and
+//! written where they differ, and only then are the offsets committed to Kafka. A tick with
+//! nothing new writes nothing. Consuming goes on while a flush writes (up to as many messages
+//! and changed keys ahead); once that flush's writes fail, the loop retries them and does not
+//! consume.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -272,9 +273,9 @@ impl Pipeline {
         let mut job: Option<Job> = None;
         let mut due = tokio::time::Instant::now() + self.flush_interval;
         let mut intact = true;
-        // MongoDB's failures counted when the flush under way started: consuming pauses once
-        // that flush meets one, and goes on while it is merely writing, up to `flush_batch`
-        // messages ahead of it.
+        // Store failures counted once the flush under way was prepared: consuming pauses once
+        // its writes meet one, and goes on while they are merely under way, up to a full
+        // batch ahead of them.
         let mut errors_before = 0;
         loop {
             let writing = job.is_some();
@@ -294,11 +295,11 @@ impl Pipeline {
                 }
                 () = tokio::time::sleep_until(due), if !writing => {
                     due = tokio::time::Instant::now() + self.flush_interval;
-                    errors_before = self.metrics.store_errors.get();
                     match self.start_flush(&shutdown, &writes_stop).await {
                         Some(started) => job = started,
                         None => break,
                     }
+                    errors_before = self.metrics.store_errors.get();
                 }
                 Some(msg) = messages.next(), if room => {
                     // This message, then those already fetched, up to `DRAIN`.
@@ -317,11 +318,11 @@ impl Pipeline {
                     }
                     if job.is_none() && self.batch_full() {
                         due = tokio::time::Instant::now() + self.flush_interval;
-                        errors_before = self.metrics.store_errors.get();
                         match self.start_flush(&shutdown, &writes_stop).await {
                             Some(started) => job = started,
                             None => break,
                         }
+                        errors_before = self.metrics.store_errors.get();
                     }
                 }
             }
@@ -392,7 +393,9 @@ impl Pipeline {
     }
 
     /// Room to consume while a flush writes: `flush_batch` messages and `flush_keys` changed
-    /// keys ahead of it at most, and no MongoDB failure since it started (`errors_before`).
+    /// keys ahead of it at most, and no store failure counted since its writes started
+    /// (`errors_before`; the count also holds a dead letter's failed sends, which pause
+    /// consuming just the same).
     fn room_ahead(&self, errors_before: u64) -> bool {
         !self.batch_full() && self.metrics.store_errors.get() == errors_before
     }
