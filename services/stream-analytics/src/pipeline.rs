@@ -279,7 +279,7 @@ impl Pipeline {
         let mut errors_before = 0;
         loop {
             let writing = job.is_some();
-            let room = !writing || self.room_ahead(errors_before);
+            let room = self.room(writing, errors_before);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -311,7 +311,7 @@ impl Pipeline {
                             Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
                         }
                         taken += 1;
-                        let room = job.is_none() || self.room_ahead(errors_before);
+                        let room = self.room(job.is_some(), errors_before);
                         if taken < DRAIN && room && !shutdown.is_cancelled() {
                             next = messages.next().now_or_never().flatten();
                         }
@@ -392,12 +392,12 @@ impl Pipeline {
         self.pending >= self.flush_batch || self.touched_keys() >= self.flush_keys
     }
 
-    /// Room to consume while a flush writes: `flush_batch` messages and `flush_keys` changed
-    /// keys ahead of it at most, and no store failure counted since its writes started
-    /// (`errors_before`; the count also holds a dead letter's failed sends, which pause
-    /// consuming just the same).
-    fn room_ahead(&self, errors_before: u64) -> bool {
-        !self.batch_full() && self.metrics.store_errors.get() == errors_before
+    /// Room to consume: always while no flush is `writing`; while one is, `flush_batch`
+    /// messages and `flush_keys` changed keys ahead of it at most, and no store failure
+    /// counted since its writes started (`errors_before`; the count also holds a dead
+    /// letter's failed sends, which pause consuming just the same).
+    fn room(&self, writing: bool, errors_before: u64) -> bool {
+        !writing || (!self.batch_full() && self.metrics.store_errors.get() == errors_before)
     }
 
     fn apply_rebalance(&mut self) {

@@ -260,7 +260,8 @@ impl PartitionState {
             if touch(&mut self.cells, &cell, offset, |u| {
                 *u = u.saturating_add(units);
             }) {
-                mark(&mut self.touched.cells, &cell);
+                // The cell's key is built for each line anyway: the set takes it as it is.
+                self.touched.cells.insert(cell);
             }
         }
         let client: &str = &sale.client_id;
