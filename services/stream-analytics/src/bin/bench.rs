@@ -6,8 +6,10 @@
 //!    - the ceiling: a plain rdkafka consume loop (one consumer in its own group) reading every
 //!      sales message once, touching its payload and nothing else;
 //!    - the service: the real `sluice-analytics` binary as a child process, from its start until
-//!      MongoDB's stored offsets cover every sales message (so the time includes joining the
-//!      group, applying, writing the state and the results).
+//!      the offsets its group committed to Kafka cover every sales message: it commits them
+//!      only once the results are written (so the time includes joining the group, applying,
+//!      writing the state and the results). Also the time until it has applied every sale, and
+//!      its CPU time.
 //! 2. Latency: with the service caught up, sales at each steady `--rate` for `--seconds`; every
 //!    hundredth is a probe with a client id of its own, and the time from handing it to the
 //!    producer until its client document is in MongoDB's `clients` is recorded (MongoDB polled
@@ -35,7 +37,7 @@ use mongodb::{
     bson::{Document, doc},
 };
 use rdkafka::{
-    ClientConfig, Message as _,
+    ClientConfig, Message as _, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer as _},
@@ -293,6 +295,10 @@ struct Service {
     pid: u32,
     /// Its HTTP port (`/metrics`).
     port: u16,
+    /// Reads the offsets its group committed to Kafka (it never joins the group).
+    offsets: BaseConsumer,
+    /// The sales topic's partitions.
+    sales: TopicPartitionList,
 }
 
 impl Service {
@@ -309,16 +315,14 @@ impl Service {
                 .join("sluice-analytics"),
         };
         let log = std::fs::File::create(format!("/tmp/{}.log", names.database))?;
+        let group = format!("{}analytics", names.prefix);
         let child = Command::new(&bin)
             .env("KAFKA_BROKERS", &args.brokers)
             .env("MONGODB_URL", &args.mongodb_url)
             .env("PORT", port.to_string())
             .env("SLUICE_ANALYTICS_HOST", "127.0.0.1")
             .env("SLUICE_ANALYTICS_DATABASE", &names.database)
-            .env(
-                "SLUICE_ANALYTICS_GROUP_ID",
-                format!("{}analytics", names.prefix),
-            )
+            .env("SLUICE_ANALYTICS_GROUP_ID", &group)
             .env("SLUICE_ANALYTICS_TOPIC_PREFIX", &names.prefix)
             .env("SLUICE_ANALYTICS_NOW", NOW)
             .env(
@@ -331,7 +335,22 @@ impl Service {
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let pid = child.id().context("service exited at once")?;
-        Ok(Self { child, pid, port })
+        let offsets = ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut sales = TopicPartitionList::new();
+        for p in 0..args.partitions {
+            sales.add_partition(&names.topic("topic-raw-sales"), p);
+        }
+        Ok(Self {
+            child,
+            pid,
+            port,
+            offsets,
+            sales,
+        })
     }
 
     /// Resident set size, MiB.
@@ -344,6 +363,38 @@ impl Service {
                     .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
             })
             .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// CPU time the service has used (user and system, all its threads), seconds.
+    fn cpu_secs(&self) -> f64 {
+        // Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses, in
+        // clock ticks (100 a second on Linux).
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+                Some((ticks(11)? + ticks(12)?) / 100.0)
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Sales whose results the service has stored: the offsets its group committed to Kafka,
+    /// which it commits only once a flush has written its results. (The offsets it keeps in
+    /// MongoDB are written with its state, before the results.)
+    fn sales_committed(&self) -> anyhow::Result<u64> {
+        let committed = self
+            .offsets
+            .committed_offsets(self.sales.clone(), Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => u64::try_from(o).ok(),
+                _ => None,
+            })
+            .sum())
     }
 
     /// Sales messages the service has applied so far (`analytics_messages_total`), if its
@@ -384,30 +435,20 @@ impl Service {
     }
 }
 
-/// Σ of the stored offsets of the sales partitions.
-async fn sales_done(db: &Database, sales_topic: &str) -> anyhow::Result<u64> {
-    let mut cursor = db
-        .collection::<Document>("analytics_offsets")
-        .find(doc! {"topic": sales_topic})
-        .await?;
-    let mut sum = 0;
-    while let Some(d) = cursor.try_next().await? {
-        sum += d.get_i64("next").unwrap_or(0);
-    }
-    Ok(u64::try_from(sum).unwrap_or(0))
-}
-
 /// How the service got through a backlog.
 struct Done {
     peak_rss_mib: f64,
     /// When the service was first seen to have applied a sale (once it joined the group;
     /// its /metrics polled every 50 ms), as the raw loop's first message.
     consuming: Option<Duration>,
+    /// When it was first seen to have applied every sale (its flushes still writing).
+    applied_all: Option<Duration>,
+    /// The service's CPU time from its first applied sale to every result stored, seconds.
+    cpu_secs: f64,
 }
 
-/// Waits until the service has stored `n` sales; progress every second.
+/// Waits until the service has stored the results of `n` sales; progress every 2 s.
 async fn wait_done(
-    db: &Database,
     service: &Service,
     sales_topic: &str,
     n: u64,
@@ -416,22 +457,27 @@ async fn wait_done(
     let started = Instant::now();
     let mut shown = Instant::now();
     let mut peak: f64 = 0.0;
-    let mut consuming = None;
+    let (mut consuming, mut applied_all, mut cpu_at_first) = (None, None, 0.0);
     loop {
-        if consuming.is_none()
-            && service
-                .applied_sales(sales_topic)
-                .await
-                .is_some_and(|n| n > 0.0)
+        if applied_all.is_none()
+            && let Some(applied) = service.applied_sales(sales_topic).await
         {
-            consuming = Some(started.elapsed());
+            if consuming.is_none() && applied > 0.0 {
+                consuming = Some(started.elapsed());
+                cpu_at_first = service.cpu_secs();
+            }
+            if applied >= n as f64 {
+                applied_all = Some(started.elapsed());
+            }
         }
-        let done = sales_done(db, sales_topic).await?;
+        let done = service.sales_committed()?;
         peak = peak.max(service.rss_mib());
         if done >= n {
             return Ok(Done {
                 peak_rss_mib: peak,
                 consuming,
+                applied_all,
+                cpu_secs: service.cpu_secs() - cpu_at_first,
             });
         }
         if started.elapsed() > limit {
@@ -439,7 +485,7 @@ async fn wait_done(
         }
         if shown.elapsed() >= Duration::from_secs(2) {
             eprintln!(
-                "   service: {done}/{n} sales stored, RSS {:.0} MiB",
+                "   service: results of {done}/{n} sales stored, RSS {:.0} MiB",
                 service.rss_mib()
             );
             shown = Instant::now();
@@ -653,7 +699,6 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let service = Service::start(&args, &names).await?;
     let done = wait_done(
-        &db,
         &service,
         &sales_topic,
         args.sales,
@@ -682,6 +727,22 @@ async fn main() -> anyhow::Result<()> {
             100.0 * sustained / raw_sustained,
             raw_sustained
         );
+        if let Some(all) = done.applied_all {
+            // The consumer alone: how fast it applies sales while flushes write behind it.
+            let applying = args.sales as f64 / (all - at).as_secs_f64().max(1e-3);
+            println!(
+                "   sluice-analytics: every sale applied {:.1} s after the first: {:.0} sales/s = {:.1} % of the raw loop's (flushes writing meanwhile)",
+                (all - at).as_secs_f64(),
+                applying,
+                100.0 * applying / raw_sustained,
+            );
+        }
+        println!(
+            "   sluice-analytics: CPU {:.2} s over those {:.1} s (all its threads): {:.2} µs per sale",
+            done.cpu_secs,
+            (took - at).as_secs_f64(),
+            1e6 * done.cpu_secs / args.sales as f64,
+        );
     }
 
     let mut produced = args.sales;
@@ -693,14 +754,7 @@ async fn main() -> anyhow::Result<()> {
         let (lat, reached) = latency(&args, rate, &kafka, &names, &db).await?;
         // The next rate starts with nothing left over from this one.
         produced += rate / 100 * 100 * args.seconds;
-        wait_done(
-            &db,
-            &service,
-            &sales_topic,
-            produced,
-            Duration::from_secs(1800),
-        )
-        .await?;
+        wait_done(&service, &sales_topic, produced, Duration::from_secs(1800)).await?;
         println!(
             "   {} probes at {:.0} sales/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; RSS {:.1} MiB",
             lat.len(),
@@ -727,15 +781,9 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let service = Service::start(&args, &names).await?;
         let sales_topic = names.topic("topic-raw-sales");
-        let peak = wait_done(
-            &db,
-            &service,
-            &sales_topic,
-            clients,
-            Duration::from_secs(3600),
-        )
-        .await?
-        .peak_rss_mib;
+        let peak = wait_done(&service, &sales_topic, clients, Duration::from_secs(3600))
+            .await?
+            .peak_rss_mib;
         println!(
             "   consumed in {:.1} s; RSS {:.1} MiB after, peak {:.1} MiB",
             started.elapsed().as_secs_f64(),
