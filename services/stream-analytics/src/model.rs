@@ -82,10 +82,13 @@ pub(crate) enum Input<'a> {
 /// Parses a message of `kind`; `Err` holds the reason it is malformed.
 pub(crate) fn parse(kind: Kind, payload: Option<&[u8]>) -> Result<Input<'_>, String> {
     let bytes = payload.ok_or_else(|| "empty message (no value)".to_owned())?;
+    // Checked as a whole first (std's check is vectorised), so the parser need not check each
+    // string as it goes.
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("bad JSON: not UTF-8 ({e})"))?;
     let input = match kind {
-        Kind::Sales => Input::Sale(serde_json::from_slice(bytes).map_err(reason)?),
-        Kind::Inventory => Input::Inventory(serde_json::from_slice(bytes).map_err(reason)?),
-        Kind::Clients => Input::Client(serde_json::from_slice(bytes).map_err(reason)?),
+        Kind::Sales => Input::Sale(serde_json::from_str(text).map_err(reason)?),
+        Kind::Inventory => Input::Inventory(serde_json::from_str(text).map_err(reason)?),
+        Kind::Clients => Input::Client(serde_json::from_str(text).map_err(reason)?),
     };
     check(&input)?;
     Ok(input)
@@ -132,45 +135,73 @@ fn check(input: &Input<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// A JSON number with at most `scale` decimals as an integer of 10^-scale units, exactly.
-///
-/// serde_json keeps a decimal literal as the nearest f64; its shortest representation is the
-/// literal the producer wrote (for up to 15 significant digits), so reading that text back
-/// gives the exact decimal without any float arithmetic.
-fn fixed_point(number: &serde_json::Number, scale: u32) -> Result<i64, String> {
-    if let Some(i) = number.as_i64() {
-        return i
-            .checked_mul(10_i64.pow(scale))
-            .ok_or_else(|| format!("{i} is too large"));
-    }
-    let text = number.to_string();
-    let (negative, digits) = match text.strip_prefix('-') {
+/// A JSON number literal with at most `scale` decimals as an integer of 10^-scale units,
+/// exactly: read from the literal's own digits (an exponent shifts them), never through a
+/// binary float, so any amount that fits in an `i64` of units is exact to the last digit.
+fn fixed_point(literal: &str, scale: u32) -> Result<i64, String> {
+    let not_a_number = || format!("{literal} is not a JSON number");
+    let (negative, rest) = match literal.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text.as_str()),
+        None => (false, literal),
     };
-    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    let frac = frac.trim_end_matches('0');
-    let valid =
-        !whole.is_empty() && (whole.chars().chain(frac.chars())).all(|c| c.is_ascii_digit());
-    if !valid {
-        return Err(format!("{text} is not a plain decimal"));
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(at) => {
+            let exp = rest[at + 1..].strip_prefix('+').unwrap_or(&rest[at + 1..]);
+            let exp: i64 = exp.parse().map_err(|_| not_a_number())?;
+            (&rest[..at], exp)
+        }
+        None => (rest, 0),
+    };
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let dangling_point = mantissa.ends_with('.');
+    if whole.is_empty() || dangling_point || !digits(whole) || !digits(frac) {
+        return Err(not_a_number());
     }
-    if frac.len() > scale as usize {
-        return Err(format!("{text} has more than {scale} decimals"));
+    // The literal is `digits × 10^shift` units: with a negative shift, its last digits
+    // fall below a unit and must be zeros.
+    let shift = exponent + i64::from(scale) - frac.len() as i64;
+    let count = whole.len() + frac.len();
+    let kept = if shift >= 0 {
+        count
+    } else {
+        count.saturating_sub(usize::try_from(shift.unsigned_abs()).unwrap_or(usize::MAX))
+    };
+    let too_large = || format!("{literal} is too large");
+    let mut value: i64 = 0;
+    for (i, b) in whole.bytes().chain(frac.bytes()).enumerate() {
+        if i >= kept {
+            if b != b'0' {
+                return Err(format!("{literal} has more than {scale} decimals"));
+            }
+            continue;
+        }
+        value = (value.checked_mul(10))
+            .and_then(|v| v.checked_add(i64::from(b - b'0')))
+            .ok_or_else(too_large)?;
     }
-    let padded = format!("{whole}{frac:0<width$}", width = scale as usize);
-    let value: i64 = padded.parse().map_err(|_| format!("{text} is too large"))?;
+    if value != 0 && shift > 0 {
+        let factor = u32::try_from(shift)
+            .ok()
+            .and_then(|s| 10_i64.checked_pow(s))
+            .ok_or_else(too_large)?;
+        value = value.checked_mul(factor).ok_or_else(too_large)?;
+    }
     Ok(if negative { -value } else { value })
 }
 
+/// A JSON number's literal text, as the message has it.
+fn literal<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
+    let raw = <&serde_json::value::RawValue>::deserialize(d)?;
+    Ok(raw.get())
+}
+
 fn cents<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let number = serde_json::Number::deserialize(d)?;
-    fixed_point(&number, 2).map_err(D::Error::custom)
+    fixed_point(literal(d)?, 2).map_err(D::Error::custom)
 }
 
 fn basis_points<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let number = serde_json::Number::deserialize(d)?;
-    fixed_point(&number, 4).map_err(D::Error::custom)
+    fixed_point(literal(d)?, 4).map_err(D::Error::custom)
 }
 
 /// A JSON string, borrowed from the message unless it has escapes.
@@ -230,14 +261,46 @@ mod tests {
 
     #[test]
     fn money_is_exact_cents() {
-        let n = |s: &str| serde_json::from_str::<serde_json::Number>(s).expect("number");
-        assert_eq!(fixed_point(&n("4.44"), 2), Ok(444));
-        assert_eq!(fixed_point(&n("0.1"), 2), Ok(10));
-        assert_eq!(fixed_point(&n("12"), 2), Ok(1200));
-        assert_eq!(fixed_point(&n("-3.5"), 2), Ok(-350));
-        assert_eq!(fixed_point(&n("0.15"), 4), Ok(1500));
-        assert_eq!(fixed_point(&n("123456.78"), 2), Ok(12_345_678));
-        assert!(fixed_point(&n("1.005"), 2).is_err());
+        assert_eq!(fixed_point("4.44", 2), Ok(444));
+        assert_eq!(fixed_point("0.1", 2), Ok(10));
+        assert_eq!(fixed_point("12", 2), Ok(1200));
+        assert_eq!(fixed_point("-3.5", 2), Ok(-350));
+        assert_eq!(fixed_point("0.15", 4), Ok(1500));
+        assert_eq!(fixed_point("123456.78", 2), Ok(12_345_678));
+        assert_eq!(fixed_point("1.50000", 2), Ok(150));
+        assert_eq!(fixed_point("1.5e2", 2), Ok(15_000));
+        assert_eq!(fixed_point("125E-2", 2), Ok(125));
+        assert_eq!(fixed_point("0", 2), Ok(0));
+        assert_eq!(fixed_point("0e400", 2), Ok(0));
+        // Beyond what an f64 holds exactly (17 significant digits): still to the cent.
+        assert_eq!(
+            fixed_point("12345678901234567.89", 2),
+            Ok(1_234_567_890_123_456_789)
+        );
+        assert!(
+            fixed_point("1.005", 2)
+                .unwrap_err()
+                .contains("more than 2 decimals")
+        );
+        assert!(
+            fixed_point("1e-3", 2)
+                .unwrap_err()
+                .contains("more than 2 decimals")
+        );
+        assert!(
+            fixed_point("92233720368547758.08", 2)
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(fixed_point("1e30", 2).unwrap_err().contains("too large"));
+        for bad in ["\"1\"", "null", "true", "1.", ".5", "-", "1e", "[1]"] {
+            assert!(
+                fixed_point(bad, 2)
+                    .unwrap_err()
+                    .contains("is not a JSON number"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -277,6 +340,8 @@ mod tests {
             assert!(err.contains(why), "{json}: {err}");
         }
         assert!(parse(Kind::Sales, None).is_err());
+        let not_utf8 = parse(Kind::Sales, Some(b"{\"invoice_id\":\"\xff\"}")).unwrap_err();
+        assert!(not_utf8.contains("bad JSON: not UTF-8"), "{not_utf8}");
     }
 
     #[test]

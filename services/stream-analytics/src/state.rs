@@ -7,15 +7,20 @@
 //! between writing some keys and the partition's offset) replaying from the partition's
 //! stored offset reapplies exactly what each key lacks: nothing is counted twice or lost.
 
-use std::collections::{BTreeSet, hash_map::Entry};
+use std::{collections::BTreeSet, hash::Hash};
+
+use hashbrown::{Equivalent, hash_map::Entry};
 
 use crate::model::{Client, Input, Inventory, Sale};
 
-/// The state's hash maps and sets: foldhash (hashbrown's default hasher) instead of SipHash,
-/// which was a tenth of the CPU of applying a sale. Its keys come from the input topics, whose
-/// writers are ours; foldhash is seeded per process, which leaves a stranger nothing to aim at.
-pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+/// The state's hash maps and sets: foldhash instead of SipHash, which was a tenth of the CPU
+/// of applying a sale. Its keys come from the input topics, whose writers are ours; foldhash
+/// is seeded per process, which leaves a stranger nothing to aim at. hashbrown's maps (std's
+/// are built on them) because they look a key up by any [`Equivalent`] form of it: a rollup
+/// cell by its minute and the product id borrowed from the message ([`CellRef`]), with no
+/// copy of the id unless the cell is new.
+pub(crate) type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<K> = hashbrown::HashSet<K, foldhash::fast::RandomState>;
 
 /// A value and the first offset it does not include.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +44,34 @@ pub(crate) struct Spent {
 
 /// A (minute since the epoch, product) cell of the rollup.
 pub(crate) type Cell = (i64, String);
+
+/// A [`Cell`] as a line item names it: hashed like the cell (a tuple hashes its fields in
+/// order), so it finds the cell without building one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CellRef<'a>(pub(crate) i64, pub(crate) &'a str);
+
+impl Equivalent<Cell> for CellRef<'_> {
+    fn equivalent(&self, cell: &Cell) -> bool {
+        self.0 == cell.0 && self.1 == cell.1
+    }
+}
+
+/// A borrowed form of a state key, copied into a key only when the key is new.
+pub(crate) trait KeyRef<K>: Hash + Equivalent<K> {
+    fn to_key(&self) -> K;
+}
+
+impl KeyRef<String> for str {
+    fn to_key(&self) -> String {
+        self.to_owned()
+    }
+}
+
+impl KeyRef<Cell> for CellRef<'_> {
+    fn to_key(&self) -> Cell {
+        (self.0, self.1.to_owned())
+    }
+}
 
 /// Keys changed since the last write: what a flush writes, and what it derives again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,13 +155,13 @@ fn touch<K, Q, T: Default>(
     change: impl FnOnce(&mut T),
 ) -> bool
 where
-    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
-    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    K: Hash + Eq,
+    Q: KeyRef<K> + ?Sized,
 {
     let slot = match map.get_mut(key) {
         Some(slot) => slot,
         None => map
-            .entry(key.to_owned())
+            .entry(key.to_key())
             .or_insert_with(|| Slot::stored(T::default(), 0)),
     };
     if offset < slot.next {
@@ -142,11 +175,11 @@ where
 /// Adds `key` to `set` unless it is there already (so a key touched again is not copied).
 fn mark<K, Q>(set: &mut HashSet<K>, key: &Q)
 where
-    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
-    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    K: Hash + Eq,
+    Q: KeyRef<K> + ?Sized,
 {
     if !set.contains(key) {
-        set.insert(key.to_owned());
+        set.insert(key.to_key());
     }
 }
 
@@ -256,12 +289,11 @@ impl PartitionState {
                 // A minute past the rollup's retention: it stays out.
                 continue;
             }
-            let cell = (minute, item.product_id.into_owned());
+            let cell = CellRef(minute, product);
             if touch(&mut self.cells, &cell, offset, |u| {
                 *u = u.saturating_add(units);
             }) {
-                // The cell's key is built for each line anyway: the set takes it as it is.
-                self.touched.cells.insert(cell);
+                mark(&mut self.touched.cells, &cell);
             }
         }
         let client: &str = &sale.client_id;
@@ -346,8 +378,8 @@ fn sum<K, T, Q>(
     add: impl Fn(&mut T, &T),
 ) -> Option<T>
 where
-    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
-    Q: std::hash::Hash + Eq + ?Sized,
+    K: Hash + Eq,
+    Q: Hash + Equivalent<K> + ?Sized,
     T: Default,
 {
     let mut out: Option<T> = None;
