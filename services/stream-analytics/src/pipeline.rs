@@ -31,7 +31,7 @@ use crate::{
     Clock,
     kafka::{self, GroupConsumer, RebalanceEvent},
     metrics::AnalyticsMetrics,
-    model::{self, Input, Kind},
+    model::{self, Kind},
     results::{self, Change, Rules, Stored},
     retry::retry,
     state::{PartitionState, Touched, View},
@@ -142,33 +142,6 @@ impl Counted {
             dead_lettered: counter("dead_lettered"),
         }
     }
-}
-
-/// Batches at least this large are parsed on two threads (below, a thread costs more than
-/// it saves).
-const PARSE_SPLIT: usize = 256;
-
-/// Each payload parsed as its kind, in order; a large batch's second half on a thread of its
-/// own meanwhile (parsing is the largest part of applying a sale).
-fn parse_all<'m>(payloads: &[(Kind, Option<&'m [u8]>)]) -> Vec<Result<Input<'m>, String>> {
-    fn parse_each<'m>(part: &[(Kind, Option<&'m [u8]>)]) -> Vec<Result<Input<'m>, String>> {
-        (part.iter())
-            .map(|&(kind, payload)| model::parse(kind, payload))
-            .collect()
-    }
-    if payloads.len() < PARSE_SPLIT {
-        return parse_each(payloads);
-    }
-    let (first, second) = payloads.split_at(payloads.len() / 2);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| parse_each(second));
-        let mut parsed = parse_each(first);
-        match other.join() {
-            Ok(rest) => parsed.extend(rest),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-        parsed
-    })
 }
 
 /// A flush whose writes are under way.
@@ -306,7 +279,7 @@ impl Pipeline {
         let mut errors_before = 0;
         loop {
             let writing = job.is_some();
-            let room = self.room(writing, errors_before, 0);
+            let room = self.room(writing, errors_before);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -329,28 +302,21 @@ impl Pipeline {
                     errors_before = self.metrics.store_errors.get();
                 }
                 Some(msg) = messages.next(), if room => {
-                    // This message, then those already fetched, up to `DRAIN` or the room,
-                    // parsed together and then applied in order.
+                    // This message, then those already fetched, up to `DRAIN`.
                     let mut next = Some(msg);
-                    let mut batch = Vec::new();
                     let mut taken = 0;
                     while let Some(msg) = next.take() {
                         match msg {
-                            Ok(msg) => {
-                                if let Some(kind) = self.admit(&msg, &shutdown).await {
-                                    batch.push((msg, kind));
-                                }
-                            }
+                            Ok(msg) => self.handle(&msg, &shutdown).await,
                             Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
                         }
                         taken += 1;
-                        let room = self.room(job.is_some(), errors_before, batch.len());
+                        let room = self.room(job.is_some(), errors_before);
                         if taken < DRAIN && room && !shutdown.is_cancelled() {
                             next = messages.next().now_or_never().flatten();
                         }
                     }
-                    self.handle(&batch, &shutdown).await;
-                    if job.is_none() && self.batch_full(0) {
+                    if job.is_none() && self.batch_full() {
                         due = tokio::time::Instant::now() + self.flush_interval;
                         match self.start_flush(&shutdown, &writes_stop).await {
                             Some(started) => job = started,
@@ -421,19 +387,17 @@ impl Pipeline {
         self.parts.values().map(|o| o.state.touched.len()).sum()
     }
 
-    /// A batch big enough to flush before the interval is up, with `taken` messages more
-    /// (taken from the consumer, not applied yet).
-    fn batch_full(&self, taken: usize) -> bool {
-        self.pending + taken >= self.flush_batch || self.touched_keys() >= self.flush_keys
+    /// A batch big enough to flush before the interval is up.
+    fn batch_full(&self) -> bool {
+        self.pending >= self.flush_batch || self.touched_keys() >= self.flush_keys
     }
 
     /// Room to consume: always while no flush is `writing`; while one is, `flush_batch`
     /// messages and `flush_keys` changed keys ahead of it at most, and no store failure
     /// counted since its writes started (`errors_before`; the count also holds a dead
-    /// letter's failed sends, which pause consuming just the same). `taken`: messages taken
-    /// but not applied yet.
-    fn room(&self, writing: bool, errors_before: u64, taken: usize) -> bool {
-        !writing || (!self.batch_full(taken) && self.metrics.store_errors.get() == errors_before)
+    /// letter's failed sends, which pause consuming just the same).
+    fn room(&self, writing: bool, errors_before: u64) -> bool {
+        !writing || (!self.batch_full() && self.metrics.store_errors.get() == errors_before)
     }
 
     fn apply_rebalance(&mut self) {
@@ -457,14 +421,13 @@ impl Pipeline {
         }
     }
 
-    /// Takes `msg` into a batch: its partition's state loaded from MongoDB and its position
-    /// checked against MongoDB's offset (a seek when they differ). `None` when it is not to
-    /// be applied: not an input topic, ahead of a seek (it comes again from MongoDB's offset),
-    /// or `stop` came while loading.
-    async fn admit(&mut self, msg: &BorrowedMessage<'_>, stop: &CancellationToken) -> Option<Kind> {
+    /// Applies one message (or dead-letters it), unless MongoDB's state already holds it.
+    async fn handle(&mut self, msg: &BorrowedMessage<'_>, stop: &CancellationToken) {
         self.apply_rebalance();
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-        let kind = *self.kinds.get(topic)?;
+        let Some(&kind) = self.kinds.get(topic) else {
+            return;
+        };
         let tp: &str = self
             .tp_ids
             .entry((kind, partition))
@@ -474,7 +437,7 @@ impl Pipeline {
                 self.store.load(tp)
             })
             .await;
-            let state = loaded?;
+            let Some(state) = loaded else { return };
             tracing::info!(%tp, next = state.next, "partition state loaded");
             // It was among the others' state in the view; the view is built again with it.
             self.others.remove(tp);
@@ -488,14 +451,14 @@ impl Pipeline {
             };
             self.parts.insert(tp.to_owned(), owned);
         }
-        let owned = self.parts.get_mut(tp)?;
+        let Some(owned) = self.parts.get_mut(tp) else {
+            return;
+        };
         let next = owned.state.next;
         if !owned.checked {
             owned.checked = true;
             if offset != next {
-                // Kafka's committed position differs from MongoDB's: MongoDB wins. The
-                // messages after this one come from the new position (librdkafka drops those
-                // it fetched from the old one), and this one, if ahead, comes again.
+                // Kafka's committed position differs from MongoDB's: MongoDB wins.
                 let to = Offset::Offset(next);
                 match self
                     .consumer
@@ -509,59 +472,37 @@ impl Pipeline {
                     }
                 }
                 if offset > next {
-                    return None;
+                    return;
                 }
             }
         }
-        Some(kind)
-    }
-
-    /// Applies a batch of admitted messages in order (or dead-letters them), except those
-    /// MongoDB's state already holds. Their payloads are parsed first, on two threads when
-    /// the batch is large.
-    async fn handle(&mut self, batch: &[(BorrowedMessage<'_>, Kind)], stop: &CancellationToken) {
-        let payloads: Vec<_> = (batch.iter())
-            .map(|(msg, kind)| (*kind, msg.payload()))
-            .collect();
-        let parsed = parse_all(&payloads);
-        for ((msg, kind), input) in batch.iter().zip(parsed) {
-            let (partition, offset) = (msg.partition(), msg.offset());
-            let Some(tp) = self.tp_ids.get(&(*kind, partition)) else {
-                continue;
-            };
-            // Gone if it was revoked after it was taken (by a later message's admission).
-            let Some(owned) = self.parts.get_mut(tp) else {
-                continue;
-            };
-            let counted = self.counted.get(kind);
-            if !owned.state.is_new(offset) {
-                counted.inspect(|c| c.replayed.inc());
-                continue;
-            }
-            match input {
-                Ok(input) => {
-                    owned.state.apply(offset, input);
-                    counted.inspect(|c| c.applied.inc());
-                }
-                Err(reason) => {
-                    let (producer, dlq) = (&self.dead_letters, &self.dead_letter_topic);
-                    let sent = retry("dead-letter", stop, &self.metrics, || {
-                        kafka::dead_letter(producer, dlq, msg, &reason)
-                    })
-                    .await;
-                    if sent.is_none() {
-                        // Stopping: nothing after it is applied, so the replay starts here.
-                        return;
-                    }
-                    let trace_id = kafka::trace_id(msg).unwrap_or_default();
-                    tracing::info!(%tp, offset, %reason, trace_id, "dead-lettered a malformed message");
-                    owned.state.advance(offset);
-                    self.metrics.dead_lettered.inc();
-                    counted.inspect(|c| c.dead_lettered.inc());
-                }
-            }
-            self.pending += 1;
+        let counted = self.counted.get(&kind);
+        if !owned.state.is_new(offset) {
+            counted.inspect(|c| c.replayed.inc());
+            return;
         }
+        match model::parse(kind, msg.payload()) {
+            Ok(input) => {
+                owned.state.apply(offset, input);
+                counted.inspect(|c| c.applied.inc());
+            }
+            Err(reason) => {
+                let (producer, dlq) = (&self.dead_letters, &self.dead_letter_topic);
+                let sent = retry("dead-letter", stop, &self.metrics, || {
+                    kafka::dead_letter(producer, dlq, msg, &reason)
+                })
+                .await;
+                if sent.is_none() {
+                    return;
+                }
+                let trace_id = kafka::trace_id(msg).unwrap_or_default();
+                tracing::info!(%tp, offset, %reason, trace_id, "dead-lettered a malformed message");
+                owned.state.advance(offset);
+                self.metrics.dead_lettered.inc();
+                counted.inspect(|c| c.dead_lettered.inc());
+            }
+        }
+        self.pending += 1;
     }
 
     fn committable(&self) -> TopicPartitionList {
@@ -724,40 +665,5 @@ impl Pipeline {
         self.metrics.flush_seconds.observe(took.as_secs_f64());
         self.metrics.documents_written.inc_by(done.documents as u64);
         self.metrics.last_flush.set(chrono::Utc::now().timestamp());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_parsed_on_two_threads_keeps_its_order_and_its_failures() {
-        let texts: Vec<String> = (0..PARSE_SPLIT * 2 + 1)
-            .map(|i| {
-                if i % 97 == 0 {
-                    format!("not json {i}")
-                } else {
-                    format!(
-                        r#"{{"invoice_id":"I{i}","client_id":"C{i}","timestamp":"2026-01-01T00:00:00Z","total_amount":{i}.5,"items":[{{"product_id":"P","quantity":1}}]}}"#
-                    )
-                }
-            })
-            .collect();
-        let payloads: Vec<_> = (texts.iter())
-            .map(|t| (Kind::Sales, Some(t.as_bytes())))
-            .collect();
-        let parsed = parse_all(&payloads);
-        assert_eq!(parsed.len(), texts.len());
-        for (i, result) in parsed.iter().enumerate() {
-            match result {
-                Ok(Input::Sale(sale)) => {
-                    assert_eq!(sale.client_id, format!("C{i}"));
-                    assert_eq!(sale.total_amount, i as i64 * 100 + 50);
-                }
-                Ok(_) => panic!("{i}: not a sale"),
-                Err(reason) => assert!(i % 97 == 0 && reason.contains("bad JSON"), "{i}: {reason}"),
-            }
-        }
     }
 }
