@@ -78,7 +78,7 @@ async fn a_sale_entered_by_an_accountant_reaches_a_viewers_page_through_the_anal
     log_in(&accountant, &base, "accountant").await?;
     for (id, text) in [
         ("sale-client", "C077"),
-        ("sale-total", "5.97"),
+        ("sale-total", "7.96"),
         ("item-product-1", "P010"),
         ("item-qty-1", "3"),
     ] {
