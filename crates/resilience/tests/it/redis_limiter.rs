@@ -3,7 +3,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use redis::{Client, aio::ConnectionManager};
+use redis::{AsyncCommands as _, Client, aio::ConnectionManager};
 use sluice_resilience::{Error, FailureMode, RedisLimiter};
 use sluice_testkit::{FaultProxy, TestRedis, eventually};
 
@@ -11,6 +11,15 @@ const WORKER_ENV: &str = "SLUICE_LIMITER_WORKER";
 
 async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
     Ok(ConnectionManager::new(Client::open(url)?).await?)
+}
+
+/// The keys of the three worker processes' start barrier under `prefix`: how many are
+/// connected, and the start instant (Unix ms) the test sets once all are.
+fn barrier_keys(prefix: &str) -> (String, String) {
+    (
+        format!("{prefix}workers-ready"),
+        format!("{prefix}workers-go"),
+    )
 }
 
 fn unix_ms() -> u64 {
@@ -112,8 +121,6 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
     const BURST: u32 = 40;
     const DURATION_MS: u64 = 3_000;
     let redis = TestRedis::create().await?;
-    let start_at = unix_ms() + 3_000;
-    let end_at = start_at + DURATION_MS;
     let mut children = Vec::new();
     for _ in 0..3 {
         let child = tokio::process::Command::new(std::env::current_exe()?)
@@ -126,7 +133,6 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
             .env(WORKER_ENV, "1")
             .env("WORKER_REDIS_URL", redis.url())
             .env("WORKER_PREFIX", redis.prefix())
-            .env("WORKER_START_AT_MS", start_at.to_string())
             .env("WORKER_DURATION_MS", DURATION_MS.to_string())
             .env("WORKER_RATE", RATE.to_string())
             .env("WORKER_BURST", BURST.to_string())
@@ -135,6 +141,19 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
             .spawn()?;
         children.push(child);
     }
+    // The workers start together once all three are connected: the start instant (and so the
+    // end) is set in Redis when the third has said it is ready.
+    let (ready, go) = barrier_keys(redis.prefix());
+    let conn = redis.conn();
+    eventually("three workers connected", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        let ready = ready.clone();
+        async move { (conn.get::<_, u64>(&ready).await.ok()? >= 3).then_some(()) }
+    })
+    .await?;
+    let start_at = unix_ms();
+    let end_at = start_at + DURATION_MS;
+    redis.conn().set::<_, _, ()>(&go, start_at).await?;
     let mut total = 0u64;
     let mut per_process = Vec::new();
     let mut first_check = u64::MAX;
@@ -153,8 +172,8 @@ async fn one_limit_is_shared_by_three_processes() -> anyhow::Result<()> {
         per_process.push(admitted);
         total += admitted;
     }
-    // Normally every worker starts at start_at; on a loaded machine they may all start late, and
-    // then the shared limit only had the time from the first check on.
+    // The workers see the start signal within one poll of it, so the shared limit was asked
+    // from the first check on, not from the signal.
     let window_ms = end_at
         .saturating_sub(first_check.max(start_at))
         .min(DURATION_MS);
@@ -194,16 +213,23 @@ async fn limiter_worker() -> anyhow::Result<()> {
     )?
     .with_failure_mode(FailureMode::Closed)
     .with_timeout(Duration::from_secs(2));
-    let start_at: u64 = var("WORKER_START_AT_MS")?.parse()?;
+    let (ready, go) = barrier_keys(&var("WORKER_PREFIX")?);
+    let mut redis = connect(&var("WORKER_REDIS_URL")?).await?;
+    redis.incr::<_, _, ()>(&ready, 1).await?;
+    let start_at: u64 = eventually("the start signal", Duration::from_secs(60), || {
+        let mut redis = redis.clone();
+        let go = go.clone();
+        async move { redis.get::<_, Option<u64>>(&go).await.ok().flatten() }
+    })
+    .await?;
     let end_at = start_at + var("WORKER_DURATION_MS")?.parse::<u64>()?;
-    // All workers begin at the same wall-clock instant.
-    tokio::time::sleep(Duration::from_millis(start_at.saturating_sub(unix_ms()))).await;
     let mut admitted = 0u64;
     let first_check = unix_ms();
     while unix_ms() < end_at {
         match limiter.check("shared").await {
             Ok(()) => admitted += 1,
             Err(Error::RateLimited { retry_after }) => {
+                // A well-behaved client waits as long as the limiter says: the workload.
                 let left = Duration::from_millis(end_at.saturating_sub(unix_ms()));
                 tokio::time::sleep(retry_after.min(left)).await;
             }
