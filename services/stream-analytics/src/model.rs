@@ -160,7 +160,7 @@ fn fixed_point(literal: &str, scale: u32) -> Result<i64, String> {
     }
     // The literal is `digits × 10^shift` units: with a negative shift, its last digits
     // fall below a unit and must be zeros.
-    let shift = exponent + i64::from(scale) - frac.len() as i64;
+    let shift = (exponent.saturating_add(i64::from(scale))).saturating_sub(frac.len() as i64);
     let count = whole.len() + frac.len();
     let kept = if shift >= 0 {
         count
@@ -293,6 +293,10 @@ mod tests {
                 .contains("too large")
         );
         assert!(fixed_point("1e30", 2).unwrap_err().contains("too large"));
+        // Exponents at the ends of an i64: an error, never an overflow.
+        assert!(fixed_point("0.001e-9223372036854775808", 2).is_err());
+        assert!(fixed_point("1e9223372036854775807", 4).is_err());
+        assert_eq!(fixed_point("0.000e-9223372036854775808", 2), Ok(0));
         for bad in ["\"1\"", "null", "true", "1.", ".5", "-", "1e", "[1]"] {
             assert!(
                 fixed_point(bad, 2)
