@@ -14,6 +14,8 @@ pub(crate) struct AnalyticsMetrics {
     pub(crate) dead_lettered: IntCounter,
     /// Time to write a flush (state, offsets, results).
     pub(crate) flush_seconds: Histogram,
+    /// Time to fold a partition's log into per-key documents (beside the flushes).
+    pub(crate) compaction_seconds: Histogram,
     /// Unix time of the last flush that wrote or found nothing to write.
     pub(crate) last_flush: IntGauge,
     /// Flush ticks with nothing new: nothing was written.
@@ -44,6 +46,11 @@ impl AnalyticsMetrics {
                 "analytics_flush_duration_seconds",
                 "Time to write a flush to MongoDB",
                 vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            )?,
+            compaction_seconds: m.histogram(
+                "analytics_compaction_duration_seconds",
+                "Time to fold a partition's log into per-key documents",
+                vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             )?,
             last_flush: m.gauge(
                 "analytics_last_flush_timestamp_seconds",

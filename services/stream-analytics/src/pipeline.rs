@@ -11,7 +11,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -25,16 +28,17 @@ use rdkafka::{
     producer::FutureProducer,
     producer::Producer as _,
 };
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Clock,
+    Clock, Result,
     kafka::{self, GroupConsumer, RebalanceEvent},
     metrics::AnalyticsMetrics,
     model::{self, Kind},
     results::{self, Change, Rules, Stored},
     retry::retry,
-    state::{PartitionState, Touched, View},
+    state::{PartitionState, StoredDocuments, Touched, View},
     store::{self, Store, tp_id},
 };
 
@@ -59,10 +63,20 @@ struct PartWrite {
     tp: String,
     next: i64,
     entries: Vec<RawDocumentBuf>,
-    /// Every key logged since the last compaction, to fold the log into.
-    compaction: Option<Vec<RawDocumentBuf>>,
-    /// The rollup's first kept minute: a compaction deletes older cells' stored keys.
-    cells_from: Option<i64>,
+    /// The compaction to start once these entries are stored.
+    compaction: Option<Compaction>,
+}
+
+/// A snapshot of a partition's state at offset `next`, to replace its log with.
+#[derive(Debug)]
+struct Compaction {
+    tp: String,
+    next: i64,
+    /// The snapshot's documents ([`store::snapshot`]).
+    documents: Vec<RawDocumentBuf>,
+    keys: usize,
+    /// The stored documents it replaces, deleted once it is stored.
+    replaces: StoredDocuments,
 }
 
 /// The writes of one flush: prepared while consuming waits, done while it goes on.
@@ -78,47 +92,121 @@ struct Writes {
 #[derive(Debug)]
 struct Written {
     writes: Writes,
+    /// The log documents written, by partition.
+    logged: Vec<Vec<String>>,
     documents: usize,
     state_took: Duration,
 }
 
-/// Does the writes in order: each partition's log entries and offset (and its compaction),
-/// then the results; `None` once `stop` came first.
+/// Who writes to MongoDB next: a flush's writes hold it throughout, a compaction one step at
+/// a time. The lock is fair (first come, first served), so a flush waits for one compaction
+/// step at most, and a compaction still gets a step in between two flushes.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
+/// Does the writes in order: each partition's log entries and offset, then the results;
+/// `None` once `stop` came first. Sets `failing` at the first failed attempt.
 async fn write(
     store: Store,
     metrics: AnalyticsMetrics,
     stop: CancellationToken,
+    turn: Turn,
+    failing: Arc<AtomicBool>,
     writes: Writes,
 ) -> Option<Written> {
-    let mut documents = 0;
+    let _turn = turn.lock().await;
+    let noted = |failed: bool| {
+        if failed {
+            failing.store(true, Ordering::Relaxed);
+        }
+    };
+    let (mut documents, mut logged) = (0, Vec::with_capacity(writes.parts.len()));
     for w in &writes.parts {
         let entries = &w.entries;
-        documents += retry("write state", &stop, &metrics, || {
-            store.save_entries(&w.tp, w.next, entries)
+        let ids = retry("write state", &stop, &metrics, || {
+            (store.save_entries(&w.tp, w.next, entries)).inspect(|r| noted(r.is_err()))
         })
         .await?;
-        if let Some(keys) = &w.compaction {
-            let n = retry("compact state", &stop, &metrics, || {
-                store.compact_entries(&w.tp, w.next, keys, w.cells_from)
-            })
-            .await?;
-            tracing::debug!(tp = %w.tp, keys = n, "log compacted");
-            documents += n;
-        }
+        documents += entries.len();
+        logged.push(ids);
     }
     let state_took = writes.started.elapsed();
     if !writes.changes.is_empty() {
         let changes = &writes.changes;
         documents += retry("write results", &stop, &metrics, || {
-            store.write_results(changes)
+            (store.write_results(changes)).inspect(|r| noted(r.is_err()))
         })
         .await?;
     }
     Some(Written {
         writes,
+        logged,
         documents,
         state_took,
     })
+}
+
+/// Documents a compaction deletes in one step (one turn at MongoDB): a log document holds
+/// up to 10,000 entries, and deleting one took ~20 ms against the test server.
+const DELETE_STEP: usize = 2;
+
+/// What the steps of a compaction share.
+struct Steps<'a> {
+    stop: &'a CancellationToken,
+    metrics: &'a AnalyticsMetrics,
+    turn: &'a Turn,
+}
+
+impl Steps<'_> {
+    /// `op` in a turn of its own, retried until it succeeds; `None` once `stop` came.
+    async fn run<T, Fut>(&self, what: &str, op: impl Fn() -> Fut) -> Option<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        retry(what, self.stop, self.metrics, || async {
+            let _turn = self.turn.lock().await;
+            op().await
+        })
+        .await
+    }
+}
+
+/// Stores a partition's snapshot, moves its head, then deletes the log and the snapshots it
+/// replaces ([`Store::save_snapshot`], [`Store::set_head`], [`Store::covered`],
+/// [`Store::delete`]), retrying each step until it is done or `stop` comes; `Some` once
+/// done.
+///
+/// It runs beside the flushes, not in one, and yields to them step by step: the results of
+/// the messages that arrive meanwhile must not wait for it. That is safe because the
+/// snapshot is of the state at its own offset, and only what it covers is deleted, once all
+/// of it is stored.
+async fn compact(
+    store: Store,
+    metrics: AnalyticsMetrics,
+    stop: CancellationToken,
+    turn: Turn,
+    c: Compaction,
+) -> Option<()> {
+    let steps = Steps {
+        stop: &stop,
+        metrics: &metrics,
+        turn: &turn,
+    };
+    let started = Instant::now();
+    for document in &c.documents {
+        (steps.run("write snapshot", || store.save_snapshot(document))).await?;
+    }
+    (steps.run("move the head", || store.set_head(&c.tp, c.next))).await?;
+    for (log, ids) in [(true, &c.replaces.log), (false, &c.replaces.state)] {
+        for ids in ids.chunks(DELETE_STEP) {
+            (steps.run("delete the compacted log", || store.delete(log, ids))).await?;
+        }
+    }
+    let took = started.elapsed();
+    let keys = c.keys;
+    tracing::debug!(tp = %c.tp, keys, took_ms = took.as_millis() as u64, "log compacted");
+    metrics.compaction_seconds.observe(took.as_secs_f64());
+    metrics.documents_written.inc_by(keys as u64);
+    Some(())
 }
 
 /// Messages taken from the consumer's queue in one go, without returning to the loop's
@@ -145,7 +233,17 @@ impl Counted {
 }
 
 /// A flush whose writes are under way.
-type Job = tokio::task::JoinHandle<Option<Written>>;
+struct Job {
+    writes: JoinHandle<Option<Written>>,
+    /// Set once one of its writes failed: consuming waits for it from then on.
+    failing: Arc<AtomicBool>,
+}
+
+impl Job {
+    fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+}
 
 /// The loop's state.
 pub(crate) struct Pipeline {
@@ -185,6 +283,14 @@ pub(crate) struct Pipeline {
     /// The minute of the clock at which every product's loss risk was last evaluated.
     risk_minute: i64,
     pending: usize,
+    /// Stops writes, and retrying them, at the shutdown deadline: one under way may finish.
+    writes_stop: CancellationToken,
+    /// Taken by each flush's writes and each step of a compaction.
+    turn: Turn,
+    /// The log compaction under way, if any; `Some` once done.
+    compacting: Option<JoinHandle<Option<()>>>,
+    /// False once a compaction ended undone (see [`Pipeline::may_compact`]).
+    compactions_work: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -242,6 +348,10 @@ impl Pipeline {
             rebuild: false,
             risk_minute: i64::MIN,
             pending: 0,
+            writes_stop: CancellationToken::new(),
+            turn: Turn::default(),
+            compacting: None,
+            compactions_work: true,
         }
     }
 
@@ -261,8 +371,7 @@ impl Pipeline {
         .await;
         let Some(stored) = stored else { return };
         self.stored = stored;
-        // Writes stop only at the shutdown deadline: one under way may finish first.
-        let writes_stop = CancellationToken::new();
+        let writes_stop = self.writes_stop.clone();
         // Results behind the state (a crash after the state was written) are caught up here.
         if !self.flush_now(&shutdown, &writes_stop).await {
             return;
@@ -273,17 +382,13 @@ impl Pipeline {
         let mut job: Option<Job> = None;
         let mut due = tokio::time::Instant::now() + self.flush_interval;
         let mut intact = true;
-        // Store failures counted once the flush under way was prepared: consuming pauses once
-        // its writes meet one, and goes on while they are merely under way, up to a full
-        // batch ahead of them.
-        let mut errors_before = 0;
         loop {
             let writing = job.is_some();
-            let room = self.room(writing, errors_before);
+            let room = self.room(job.as_ref());
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(done) = OptionFuture::from(job.as_mut()), if writing => {
+                Some(done) = OptionFuture::from(job.as_mut().map(|j| &mut j.writes)), if writing => {
                     job = None;
                     match done {
                         Ok(Some(written)) => self.finish(written),
@@ -299,7 +404,6 @@ impl Pipeline {
                         Some(started) => job = started,
                         None => break,
                     }
-                    errors_before = self.metrics.store_errors.get();
                 }
                 Some(msg) = messages.next(), if room => {
                     // This message, then those already fetched, up to `DRAIN`.
@@ -311,7 +415,7 @@ impl Pipeline {
                             Err(err) => tracing::warn!(error = %err, "Kafka consumer error"),
                         }
                         taken += 1;
-                        let room = self.room(job.is_some(), errors_before);
+                        let room = self.room(job.as_ref());
                         if taken < DRAIN && room && !shutdown.is_cancelled() {
                             next = messages.next().now_or_never().flatten();
                         }
@@ -322,7 +426,6 @@ impl Pipeline {
                             Some(started) => job = started,
                             None => break,
                         }
-                        errors_before = self.metrics.store_errors.get();
                     }
                 }
             }
@@ -335,7 +438,7 @@ impl Pipeline {
             guard.cancel();
         });
         if intact && let Some(pending_job) = job.take() {
-            match pending_job.await {
+            match pending_job.writes.await {
                 Ok(Some(written)) => self.finish(written),
                 Ok(None) | Err(_) => intact = false,
             }
@@ -343,6 +446,10 @@ impl Pipeline {
         // After a flush that did not finish, nothing more is written: its keys are no longer
         // in memory as changed, so a later offset would claim them.
         let flushed = intact && self.flush_now(&writes_stop, &writes_stop).await;
+        if let Some(compacting) = self.compacting.take() {
+            // Not done in time, it is done again after the next start (the log is kept).
+            let _ = compacting.await;
+        }
         timer.abort();
         if flushed {
             let tpl = self.committable();
@@ -372,7 +479,7 @@ impl Pipeline {
         match self.start_flush(stop, writes_stop).await {
             None => false,
             Some(None) => true,
-            Some(Some(job)) => match job.await {
+            Some(Some(job)) => match job.writes.await {
                 Ok(Some(written)) => {
                     self.finish(written);
                     true
@@ -392,12 +499,11 @@ impl Pipeline {
         self.pending >= self.flush_batch || self.touched_keys() >= self.flush_keys
     }
 
-    /// Room to consume: always while no flush is `writing`; while one is, `flush_batch`
-    /// messages and `flush_keys` changed keys ahead of it at most, and no store failure
-    /// counted since its writes started (`errors_before`; the count also holds a dead
-    /// letter's failed sends, which pause consuming just the same).
-    fn room(&self, writing: bool, errors_before: u64) -> bool {
-        !writing || (!self.batch_full() && self.metrics.store_errors.get() == errors_before)
+    /// Room to consume: always while no flush is writing; while `job` is, `flush_batch`
+    /// messages and `flush_keys` changed keys ahead of it at most, and none of its writes
+    /// failed yet.
+    fn room(&self, job: Option<&Job>) -> bool {
+        job.is_none_or(|job| !job.failing() && !self.batch_full())
     }
 
     fn apply_rebalance(&mut self) {
@@ -541,22 +647,33 @@ impl Pipeline {
             }
         }
         let mut parts = Vec::new();
+        // One compaction at a time: a partition over the threshold waits for the one under
+        // way (its keys keep accumulating), so at most one set of keys is held for it.
+        let mut may_compact = self.may_compact();
         for (tp, owned) in self.parts.iter_mut().filter(|(_, o)| o.state.has_changes()) {
             let state = &mut owned.state;
             let entries = store::entries(state, &state.touched);
             let next = state.next;
             touched.extend(state.mark_stored(entries.len()));
-            let compaction = (state.logged >= self.compact_after).then(|| {
-                let keys = store::entries(state, &state.since_compaction);
+            // A snapshot is the whole state: taken once the log is at least as large, so the
+            // snapshots never write more than the log did.
+            let due = state.logged >= self.compact_after.max(state.keys());
+            let compaction = (may_compact && due).then(|| {
+                may_compact = false;
                 state.mark_compacted();
-                keys
+                Compaction {
+                    tp: tp.clone(),
+                    next,
+                    documents: store::snapshot(tp, state),
+                    keys: state.keys(),
+                    replaces: StoredDocuments::default(),
+                }
             });
             parts.push(PartWrite {
                 tp: tp.clone(),
                 next,
                 entries,
                 compaction,
-                cells_from,
             });
         }
         let changed = !parts.is_empty();
@@ -623,18 +740,60 @@ impl Pipeline {
             messages,
             started,
         };
+        let failing = Arc::new(AtomicBool::new(false));
         let job = write(
             self.store.clone(),
             self.metrics.clone(),
             writes_stop.clone(),
+            self.turn.clone(),
+            failing.clone(),
             writes,
         );
-        Some(Some(tokio::spawn(job)))
+        Some(Some(Job {
+            writes: tokio::spawn(job),
+            failing,
+        }))
+    }
+
+    /// Whether a compaction may start: none is under way, and none ended undone. Before
+    /// shutdown only a panic ends one undone, and after it a later compaction would delete
+    /// log documents holding keys it does not have; so the log just grows until the next
+    /// start, which compacts it again.
+    fn may_compact(&mut self) -> bool {
+        if let Some(ended) = self.compacting.take_if(|c| c.is_finished())
+            && !matches!(ended.now_or_never(), Some(Ok(Some(()))))
+        {
+            tracing::error!("a log compaction ended undone; no more until the service restarts");
+            self.compactions_work = false;
+        }
+        self.compactions_work && self.compacting.is_none()
     }
 
     /// After a flush's writes: its offsets are durable (and committed to Kafka), the stored
-    /// result digests are what it wrote.
-    fn finish(&mut self, done: Written) {
+    /// result digests are what it wrote, and the compaction it prepared (its partition's log,
+    /// this flush's entries included) starts beside the next flushes.
+    fn finish(&mut self, mut done: Written) {
+        let mut compaction = None;
+        for (w, logged) in done.writes.parts.iter_mut().zip(done.logged.drain(..)) {
+            let Some(owned) = self.parts.get_mut(&w.tp) else {
+                continue;
+            };
+            owned.state.documents.log.extend(logged);
+            if let Some(mut c) = w.compaction.take() {
+                c.replaces = owned.state.replace_documents(store::ids(&c.documents));
+                compaction = Some(c);
+            }
+        }
+        if let Some(c) = compaction {
+            let job = compact(
+                self.store.clone(),
+                self.metrics.clone(),
+                self.writes_stop.clone(),
+                self.turn.clone(),
+                c,
+            );
+            self.compacting = Some(tokio::spawn(job));
+        }
         let writes = &done.writes;
         for w in &writes.parts {
             if let Some(owned) = self.parts.get_mut(&w.tp) {

@@ -123,6 +123,16 @@ impl Touched {
     }
 }
 
+/// The stored documents that hold a partition's keys, as far as this process knows them (read
+/// at load, or written by it): what the next compaction deletes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredDocuments {
+    /// `analytics_log` ids.
+    pub(crate) log: Vec<String>,
+    /// `analytics_state` ids: a snapshot's documents (or older versions' per-key documents).
+    pub(crate) state: Vec<String>,
+}
+
 /// One partition's state.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PartitionState {
@@ -137,9 +147,9 @@ pub(crate) struct PartitionState {
     pub(crate) clients: HashMap<String, Slot<Client>>,
     /// Keys changed since the last write.
     pub(crate) touched: Touched,
-    /// Keys in the log since the last compaction (see [`crate::store`]).
-    pub(crate) since_compaction: Touched,
-    /// Log entries written since the last compaction.
+    /// Its stored documents.
+    pub(crate) documents: StoredDocuments,
+    /// Log entries written since the last compaction (see [`crate::store`]).
     pub(crate) logged: usize,
     /// The first minute the rollup keeps (see [`PartitionState::prune_cells`]); `None` keeps
     /// every minute.
@@ -306,13 +316,11 @@ impl PartitionState {
     }
 
     /// After a successful write of `written` log entries: the changed keys, which are no
-    /// longer pending (and are in the log until the next compaction).
+    /// longer pending.
     pub(crate) fn mark_stored(&mut self, written: usize) -> Touched {
         self.stored_next = self.next;
         self.logged += written;
-        let touched = std::mem::take(&mut self.touched);
-        self.since_compaction.extend(touched.clone());
-        touched
+        std::mem::take(&mut self.touched)
     }
 
     /// Drops the rollup cells of minutes before `from`, and keeps later sales from adding
@@ -332,15 +340,32 @@ impl PartitionState {
         for cell in &old {
             self.cells.remove(cell);
             self.touched.cells.remove(cell);
-            self.since_compaction.cells.remove(cell);
         }
         old
     }
 
-    /// After a compaction: nothing is in the log any more.
+    /// Once a snapshot of the state is taken: the log it replaces no longer counts.
     pub(crate) fn mark_compacted(&mut self) {
-        self.since_compaction = Touched::default();
         self.logged = 0;
+    }
+
+    /// Once the documents `snapshot` are about to replace what is stored: the documents they
+    /// replace.
+    pub(crate) fn replace_documents(&mut self, snapshot: Vec<String>) -> StoredDocuments {
+        let snapshot = StoredDocuments {
+            log: Vec::new(),
+            state: snapshot,
+        };
+        std::mem::replace(&mut self.documents, snapshot)
+    }
+
+    /// Keys held, of every kind.
+    pub(crate) fn keys(&self) -> usize {
+        self.sold.len()
+            + self.cells.len()
+            + self.spent.len()
+            + self.inventory.len()
+            + self.clients.len()
     }
 }
 

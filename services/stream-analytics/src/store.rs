@@ -1,16 +1,27 @@
-//! MongoDB: each partition's keys with the offset they reflect (`analytics_state`), each
-//! partition's processed offset (`analytics_offsets`), and the result collections.
+//! MongoDB: each partition's keys with the offset they reflect (`analytics_log`, snapshots in
+//! `analytics_state`), each partition's processed offset (`analytics_offsets`) and latest
+//! snapshot's offset (`analytics_heads`), and the result collections.
+//!
+//! Every stored key is an entry `{k, key, next, v}`: its value once the partition's messages
+//! before offset `next` are applied. Loading merges every entry of a partition, the larger
+//! `next` winning per key, so an entry written twice (a replay) or by a stale writer (a
+//! replica that lost the partition) changes nothing.
 //!
 //! Write order of a flush, and why no transaction is needed:
-//! 1. the changed keys of a partition, each `{…, next}` replaced only if the stored `next` is
-//!    lower (a stale writer, e.g. a replica that lost the partition, cannot go backwards);
-//! 2. the partition's offset, under the same condition;
+//! 1. the changed keys of a partition, appended to the log (a few large documents);
+//! 2. the partition's offset, replaced only if the stored one is lower;
 //! 3. the results, derived from the state (only documents that differ are written);
 //! 4. only then the Kafka commit (by the caller).
 //!
 //! A crash between 1 and 2 leaves keys ahead of their partition: the replay skips, per key,
 //! what the key holds already (see [`crate::state`]). A crash between 2 and 3 leaves the
 //! results behind the state: they are derived again at start, before any new input.
+//!
+//! A compaction replaces a partition's log by a snapshot of its whole state at offset `next`:
+//! (1) the snapshot's documents, (2) the partition's head (its offset, moved forward only),
+//! (3) then the log documents up to `next` and the older snapshots are deleted. Nothing is
+//! deleted before a complete snapshot that covers it is stored, and a load that saw the same
+//! heads before and after its reads saw no deletion.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,14 +38,17 @@ use crate::{
     Error, Result,
     model::{Client as ClientRecord, Inventory},
     results::{COLLECTIONS, Change, Stored},
-    state::{PartitionState, Slot, Spent, Touched},
+    state::{Cell, PartitionState, Slot, Spent, Touched},
 };
 
 const STATE: &str = "analytics_state";
 const OFFSETS: &str = "analytics_offsets";
 const LOG: &str = "analytics_log";
+const HEADS: &str = "analytics_heads";
 /// Keys per log document (a client record is ~150 bytes of BSON: far below the 16 MB limit).
 const LOG_ENTRIES: usize = 10_000;
+/// Reads of the state in a row that a finishing compaction may disturb before a load fails.
+const LOAD_ATTEMPTS: usize = 5;
 /// Statements per `update` command.
 const CHUNK: usize = 1_000;
 
@@ -113,35 +127,71 @@ impl Store {
         self.load_where(doc! {"tp": {"$nin": mine}}).await
     }
 
-    /// The log first, then the compacted keys: a compaction running meanwhile writes every
-    /// key of the log documents it deletes before it deletes them, so either read sees them.
+    /// The stored entries of the partitions `filter` selects, merged. The partitions' heads
+    /// are read before and after: when a compaction finished meanwhile, its deletions may
+    /// have hidden documents from the reads, which are then done again.
     async fn load_where(&self, filter: Document) -> Result<BTreeMap<String, PartitionState>> {
-        let mut parts: BTreeMap<String, PartitionState> = BTreeMap::new();
-        let mut cursor = self
-            .db
-            .collection::<Document>(LOG)
+        for _ in 0..LOAD_ATTEMPTS {
+            let heads = self.heads(&filter).await?;
+            let parts = self.read_where(&filter).await?;
+            if self.heads(&filter).await? == heads {
+                return Ok(parts);
+            }
+            tracing::debug!("a compaction finished while the state was read; reading again");
+        }
+        Err(Error::Stored {
+            id: STATE.to_owned(),
+            reason: format!("compactions finished during {LOAD_ATTEMPTS} reads in a row"),
+        })
+    }
+
+    /// Each partition's head: the offset of its latest complete snapshot.
+    async fn heads(&self, filter: &Document) -> Result<BTreeMap<String, i64>> {
+        let mut cursor = (self.db.collection::<Document>(HEADS))
             .find(filter.clone())
             .await?;
+        let mut out = BTreeMap::new();
         while let Some(d) = cursor.try_next().await? {
             let tp = d.get_str("tp").unwrap_or_default().to_owned();
-            let part = parts.entry(tp).or_default();
-            for e in d.get_array("entries").into_iter().flatten() {
-                let Some(e) = e.as_document() else { continue };
-                read_key(part, e, true)?;
-                part.logged += 1;
-            }
+            out.insert(tp, d.get_i64("next").unwrap_or(0));
         }
-        let mut cursor = self.db.collection::<Document>(STATE).find(filter).await?;
-        while let Some(d) = cursor.try_next().await? {
-            let tp = d.get_str("tp").unwrap_or_default().to_owned();
-            read_key(parts.entry(tp).or_default(), &d, false)?;
+        Ok(out)
+    }
+
+    /// The log, then the snapshots (and per-key documents, as older versions stored them).
+    async fn read_where(&self, filter: &Document) -> Result<BTreeMap<String, PartitionState>> {
+        let mut parts: BTreeMap<String, PartitionState> = BTreeMap::new();
+        for (collection, logged) in [(LOG, true), (STATE, false)] {
+            let mut cursor = (self.db.collection::<Document>(collection))
+                .find(filter.clone())
+                .await?;
+            while let Some(d) = cursor.try_next().await? {
+                let tp = d.get_str("tp").unwrap_or_default().to_owned();
+                let part = parts.entry(tp).or_default();
+                if let Ok(entries) = d.get_array("entries") {
+                    for e in entries.iter().filter_map(Bson::as_document) {
+                        read_key(part, e)?;
+                        part.logged += usize::from(logged);
+                    }
+                } else if d.contains_key("k") {
+                    read_key(part, &d)?;
+                } else {
+                    continue; // not a document of ours
+                }
+                let id = d.get_str("_id").unwrap_or_default().to_owned();
+                match logged {
+                    true => part.documents.log.push(id),
+                    false => part.documents.state.push(id),
+                }
+            }
         }
         Ok(parts)
     }
 
-    /// Appends a partition's changed keys to the log, then writes its offset.
+    /// Appends a partition's changed keys to the log, then writes its offset; returns the
+    /// log documents' ids.
     #[cfg(test)]
-    pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<usize> {
+    pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<Vec<String>> {
         self.save_entries(tp, part.next, &entries(part, &part.touched))
             .await
     }
@@ -154,25 +204,9 @@ impl Store {
         tp: &str,
         next: i64,
         entries: &[RawDocumentBuf],
-    ) -> Result<usize> {
-        // Unique per write: a replay may log the same keys again, which loading merges.
-        let nonce = fastrand::u64(..);
-        let docs: Vec<RawDocumentBuf> = entries
-            .chunks(LOG_ENTRIES)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut array = RawArrayBuf::new();
-                for e in chunk {
-                    array.push(e.clone());
-                }
-                let mut d = RawDocumentBuf::new();
-                d.append("_id", format!("{tp}|{next}|{nonce:016x}|{i}"));
-                d.append("tp", tp);
-                d.append("next", next);
-                d.append("entries", array);
-                d
-            })
-            .collect();
+    ) -> Result<Vec<String>> {
+        let docs = entry_documents(tp, next, entries);
+        let written = ids(&docs);
         if !docs.is_empty() {
             self.db
                 .collection::<RawDocumentBuf>(LOG)
@@ -187,82 +221,55 @@ impl Store {
         };
         let stmt = doc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": offset, "upsert": true};
         self.upsert(OFFSETS, vec![stmt]).await?;
-        Ok(entries.len())
+        Ok(written)
     }
 
-    /// Folds a partition's log, as [`Store::compact_entries`] with every key logged since the
-    /// last compaction.
+    /// Compacts a partition in one go (the pipeline does it step by step, beside flushes).
     #[cfg(test)]
-    pub(crate) async fn compact(&self, tp: &str, part: &PartitionState) -> Result<usize> {
-        self.compact_entries(
-            tp,
-            part.stored_next,
-            &entries(part, &part.since_compaction),
-            part.cells_from,
-        )
-        .await
+    pub(crate) async fn compact(&self, tp: &str, part: &mut PartitionState) -> Result<usize> {
+        let documents = snapshot(tp, part);
+        for d in &documents {
+            self.save_snapshot(d).await?;
+        }
+        self.set_head(tp, part.stored_next).await?;
+        let replaced = part.replace_documents(ids(&documents));
+        self.delete(true, &replaced.log).await?;
+        self.delete(false, &replaced.state).await?;
+        part.mark_compacted();
+        Ok(part.keys())
     }
 
-    /// Folds a partition's log into one document per key: writes `keys` (every key logged
-    /// since the last compaction, as stored up to offset `next`), each replaced only if the
-    /// stored `next` is lower, so a stale writer cannot go backwards; then deletes the log
-    /// documents that state covers, and the stored rollup cells of minutes before
-    /// `cells_from` (past retention). Returns the keys written.
-    #[tracing::instrument(skip(self, keys), fields(keys = keys.len()))]
-    pub(crate) async fn compact_entries(
-        &self,
-        tp: &str,
-        next: i64,
-        keys: &[RawDocumentBuf],
-        cells_from: Option<i64>,
-    ) -> Result<usize> {
-        // 1,000 statements at a time: a partition may have logged a million keys.
-        for chunk in keys.chunks(CHUNK) {
-            let mut stmts = Vec::with_capacity(chunk.len());
-            for raw in chunk {
-                let mut e = raw.to_document().map_err(|err| Error::Stored {
-                    id: format!("{LOG} entry of {tp}"),
-                    reason: format!("unreadable: {err}"),
-                })?;
-                let id = format!(
-                    "{tp}|{}|{}",
-                    e.get_str("k").unwrap_or_default(),
-                    e.get_str("key").unwrap_or_default()
-                );
-                let key_next = e.get_i64("next").unwrap_or(0);
-                e.insert("_id", &id);
-                e.insert("tp", tp);
-                stmts.push(
-                    doc! {"q": {"_id": id, "next": {"$lt": key_next}}, "u": e, "upsert": true},
-                );
-            }
-            self.upsert(STATE, stmts).await?;
-        }
+    /// Stores one document of a snapshot ([`snapshot`]); stored already (a retry after an
+    /// answer that was lost) is stored.
+    pub(crate) async fn save_snapshot(&self, document: &RawDocumentBuf) -> Result<()> {
+        let command = rawdoc! {"insert": STATE, "documents": [document.clone()]};
+        let reply = self.db.run_raw_command(command).await?;
+        check_write_errors(STATE, &reply)
+    }
+
+    /// Once every document of a partition's snapshot at offset `next` is stored: moves the
+    /// partition's head to it, unless a later one is stored. What the snapshot covers can be
+    /// deleted from then on ([`Store::delete`]).
+    pub(crate) async fn set_head(&self, tp: &str, next: i64) -> Result<()> {
+        let head = doc! {"_id": tp, "tp": tp, "next": next};
+        let stmt = doc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": head, "upsert": true};
+        self.upsert(HEADS, vec![stmt]).await
+    }
+
+    /// Deletes the documents `ids` of `analytics_log` (`log`) or `analytics_state`.
+    pub(crate) async fn delete(&self, log: bool, ids: &[String]) -> Result<()> {
+        let collection = if log { LOG } else { STATE };
         let reply = self
             .db
             .run_command(doc! {
-                "delete": LOG,
-                "deletes": [{"q": {"tp": tp, "next": {"$lte": next}}, "limit": 0}],
+                "delete": collection,
+                "deletes": [{"q": {"_id": {"$in": ids}}, "limit": 0}],
             })
             .await?;
-        check_write_errors(LOG, &reply)?;
-        if let Some(from) = cells_from {
-            let reply = self
-                .db
-                .run_command(doc! {
-                    "delete": STATE,
-                    "deletes": [{
-                        "q": {"tp": tp, "k": "cell", "v.minute": {"$lt": from}},
-                        "limit": 0,
-                    }],
-                })
-                .await?;
-            check_write_errors(STATE, &reply)?;
-        }
-        Ok(keys.len())
+        check_write_errors(collection, &reply)
     }
 
-    /// Runs `update` statements in chunks; a duplicate key on a conditional upsert means the
+    /// Runs `update` statements in chunks; a duplicate `_id` on a conditional upsert means the
     /// stored document is newer, which is not an error.
     async fn upsert(&self, collection: &str, stmts: Vec<Document>) -> Result<()> {
         for chunk in stmts.chunks(CHUNK) {
@@ -339,7 +346,7 @@ fn check_write_errors(collection: &str, reply: &Document) -> Result<()> {
             .get_i32("code")
             .map(i64::from)
             .or_else(|_| e.get_i64("code"));
-        if code != Ok(11000) {
+        if code != Ok(11000) || !on_id(e) {
             return Err(Error::Stored {
                 id: collection.to_owned(),
                 reason: format!("write refused: {e}"),
@@ -347,6 +354,18 @@ fn check_write_errors(collection: &str, reply: &Document) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a duplicate key error is on `_id`: a conditional upsert that found the stored
+/// document newer. A duplicate on any other unique index (none of ours) refused the write.
+fn on_id(error: &Document) -> bool {
+    match error.get_document("keyPattern") {
+        Ok(pattern) => pattern.keys().eq(["_id"]),
+        // Servers before MongoDB 4.2 name the index only in the message.
+        Err(_) => error
+            .get_str("errmsg")
+            .is_ok_and(|m| m.contains(" index: _id_ ")),
+    }
 }
 
 fn int(v: u64) -> i64 {
@@ -369,58 +388,117 @@ fn client_doc(c: &ClientRecord) -> Document {
     }
 }
 
-/// `{k, key, next, v}` for each of `keys` the partition holds: a log entry.
-/// Raw BSON, about a tenth of a [`Document`]'s memory: a flush may hold 100,000 of them. The
-/// counters' entries are built as raw BSON directly (a `Document` first, then encoded, was a
-/// tenth of the CPU of consuming from a backlog).
-pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<RawDocumentBuf> {
-    let mut out = Vec::with_capacity(keys.len());
-    let mut put = |kind: &str, key: &str, next: i64, v: RawDocumentBuf| {
-        out.push(rawdoc! {"k": kind, "key": key, "next": next, "v": v});
-    };
-    // Only documents holding a BSON-invalid key fail to encode; the records' keys are fixed
-    // names, so this never happens.
-    let record = |kind: &str, key: &str, d: Document| {
-        RawDocumentBuf::from_document(&d)
-            .inspect_err(|err| {
-                tracing::error!(kind, key, error = %err, "state key not encodable; not logged")
-            })
-            .ok()
-    };
-    for (k, s) in keys
-        .sold
-        .iter()
-        .filter_map(|k| Some((k, part.sold.get(k)?)))
-    {
-        put("sold", k, s.next, rawdoc! {"units": int(s.value)});
+/// Log entries `{k, key, next, v}`, built as raw BSON: about a tenth of a [`Document`]'s
+/// memory (a flush may hold 100,000 of them), and built directly for the counters (a
+/// `Document` first, then encoded, was a tenth of the CPU of consuming from a backlog).
+struct Entries(Vec<RawDocumentBuf>);
+
+impl Entries {
+    fn put(&mut self, kind: &str, key: &str, next: i64, v: RawDocumentBuf) {
+        self.0
+            .push(rawdoc! {"k": kind, "key": key, "next": next, "v": v});
     }
-    for ((minute, product), s) in keys
-        .cells
-        .iter()
-        .filter_map(|k| Some((k, part.cells.get(k)?)))
-    {
+
+    /// Only documents holding a BSON-invalid key fail to encode; the records' keys are fixed
+    /// names, so this never happens.
+    fn put_record(&mut self, kind: &str, key: &str, next: i64, d: &Document) {
+        match RawDocumentBuf::from_document(d) {
+            Ok(v) => self.put(kind, key, next, v),
+            Err(err) => tracing::error!(kind, key, error = %err, "state key not encodable"),
+        }
+    }
+
+    fn sold(&mut self, product: &str, s: &Slot<u64>) {
+        self.put("sold", product, s.next, rawdoc! {"units": int(s.value)});
+    }
+
+    fn cell(&mut self, (minute, product): &Cell, s: &Slot<u64>) {
         let v = rawdoc! {"minute": *minute, "product": product.as_str(), "units": int(s.value)};
-        put("cell", &format!("{minute}|{product}"), s.next, v);
+        self.put("cell", &format!("{minute}|{product}"), s.next, v);
     }
-    for (k, s) in keys
-        .spent
-        .iter()
-        .filter_map(|k| Some((k, part.spent.get(k)?)))
-    {
+
+    fn spent(&mut self, client: &str, s: &Slot<Spent>) {
         let v = rawdoc! {"cents": s.value.cents, "invoices": int(s.value.invoices)};
-        put("spent", k, s.next, v);
+        self.put("spent", client, s.next, v);
+    }
+
+    fn inventory(&mut self, product: &str, s: &Slot<Inventory>) {
+        self.put_record("inv", product, s.next, &inventory_doc(&s.value));
+    }
+
+    fn client(&mut self, client: &str, s: &Slot<ClientRecord>) {
+        self.put_record("client", client, s.next, &client_doc(&s.value));
+    }
+}
+
+/// The entries of `keys`, as the partition holds them: what a flush logs.
+pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<RawDocumentBuf> {
+    let mut out = Entries(Vec::with_capacity(keys.len()));
+    for (k, s) in (keys.sold.iter()).filter_map(|k| Some((k, part.sold.get(k)?))) {
+        out.sold(k, s);
+    }
+    for (k, s) in (keys.cells.iter()).filter_map(|k| Some((k, part.cells.get(k)?))) {
+        out.cell(k, s);
+    }
+    for (k, s) in (keys.spent.iter()).filter_map(|k| Some((k, part.spent.get(k)?))) {
+        out.spent(k, s);
     }
     for (k, s) in (keys.inventory.iter()).filter_map(|k| Some((k, part.inventory.get(k)?))) {
-        if let Some(v) = record("inv", k, inventory_doc(&s.value)) {
-            put("inv", k, s.next, v);
-        }
+        out.inventory(k, s);
     }
     for (k, s) in (keys.clients.iter()).filter_map(|k| Some((k, part.clients.get(k)?))) {
-        if let Some(v) = record("client", k, client_doc(&s.value)) {
-            put("client", k, s.next, v);
-        }
+        out.client(k, s);
     }
-    out
+    out.0
+}
+
+/// A snapshot of the partition's whole state at its stored offset, as documents of
+/// `LOG_ENTRIES` entries each (see [`Store::save_snapshot`]).
+pub(crate) fn snapshot(tp: &str, part: &PartitionState) -> Vec<RawDocumentBuf> {
+    let mut out = Entries(Vec::with_capacity(part.keys()));
+    for (k, s) in &part.sold {
+        out.sold(k, s);
+    }
+    for (k, s) in &part.cells {
+        out.cell(k, s);
+    }
+    for (k, s) in &part.spent {
+        out.spent(k, s);
+    }
+    for (k, s) in &part.inventory {
+        out.inventory(k, s);
+    }
+    for (k, s) in &part.clients {
+        out.client(k, s);
+    }
+    entry_documents(tp, part.stored_next, &out.0)
+}
+
+/// The `_id`s of `documents`.
+pub(crate) fn ids(documents: &[RawDocumentBuf]) -> Vec<String> {
+    (documents.iter())
+        .filter_map(|d| Some(d.get_str("_id").ok()?.to_owned()))
+        .collect()
+}
+
+/// `entries` as documents of `LOG_ENTRIES` each, for the log or a snapshot. Ids are unique
+/// per call: a replay may log the same keys again, which loading merges.
+fn entry_documents(tp: &str, next: i64, entries: &[RawDocumentBuf]) -> Vec<RawDocumentBuf> {
+    let nonce = fastrand::u64(..);
+    (entries.chunks(LOG_ENTRIES).enumerate())
+        .map(|(i, chunk)| {
+            let mut array = RawArrayBuf::new();
+            for e in chunk {
+                array.push(e.clone());
+            }
+            rawdoc! {
+                "_id": format!("{tp}|{next}|{nonce:016x}|{i}"),
+                "tp": tp,
+                "next": next,
+                "entries": array,
+            }
+        })
+        .collect()
 }
 
 /// Keeps the slot that includes more of the partition (the larger `next`).
@@ -441,9 +519,9 @@ fn merge<K: std::hash::Hash + Eq, T>(
     }
 }
 
-/// Reads one stored key (an `analytics_state` document or an entry of an `analytics_log`
-/// document) into the partition; `logged` keys are remembered for the next compaction.
-fn read_key(part: &mut PartitionState, d: &Document, logged: bool) -> Result<()> {
+/// Reads one stored entry (of a log document or a snapshot, or an `analytics_state` document
+/// of one key as older versions stored them) into the partition.
+fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
     let id = d.get_str("_id").map_or_else(
         |_| {
             let part = |k| d.get_str(k).unwrap_or_default();
@@ -469,17 +547,11 @@ fn read_key(part: &mut PartitionState, d: &Document, logged: bool) -> Result<()>
     };
     match d.get_str("k").unwrap_or_default() {
         "sold" => {
-            if logged {
-                part.since_compaction.sold.insert(key.clone());
-            }
             merge(&mut part.sold, key, Slot::stored(uint("units")?, next));
         }
         "cell" => {
             let minute = field(v.get_i64("minute"), "minute")?;
             let cell = (minute, text("product")?);
-            if logged {
-                part.since_compaction.cells.insert(cell.clone());
-            }
             merge(&mut part.cells, cell, Slot::stored(uint("units")?, next));
         }
         "spent" => {
@@ -487,9 +559,6 @@ fn read_key(part: &mut PartitionState, d: &Document, logged: bool) -> Result<()>
                 cents: field(v.get_i64("cents"), "cents")?,
                 invoices: uint("invoices")?,
             };
-            if logged {
-                part.since_compaction.spent.insert(key.clone());
-            }
             merge(&mut part.spent, key, Slot::stored(spent, next));
         }
         "inv" => {
@@ -509,9 +578,6 @@ fn read_key(part: &mut PartitionState, d: &Document, logged: bool) -> Result<()>
                     .map_err(|_| bad("bad `expiry_date`"))?,
                 batch_no: text("batch_no")?,
             };
-            if logged {
-                part.since_compaction.inventory.insert(key.clone());
-            }
             merge(&mut part.inventory, key, Slot::stored(record, next));
         }
         "client" => {
@@ -524,9 +590,6 @@ fn read_key(part: &mut PartitionState, d: &Document, logged: bool) -> Result<()>
                 )?,
                 loyalty_tier: text("loyalty_tier")?,
             };
-            if logged {
-                part.since_compaction.clients.insert(key.clone());
-            }
             merge(&mut part.clients, key, Slot::stored(record, next));
         }
         other => return Err(bad(&format!("unknown kind `{other}`"))),
@@ -593,8 +656,9 @@ mod tests {
     }
 
     async fn save(store: &Store, part: &mut PartitionState) -> anyhow::Result<()> {
-        let n = store.save(TP, part).await?;
-        part.mark_stored(n);
+        let written = store.save(TP, part).await?;
+        part.documents.log.extend(written);
+        part.mark_stored(part.touched.len());
         Ok(())
     }
 
@@ -613,15 +677,17 @@ mod tests {
         let mut part = PartitionState::default();
         part.apply(0, sale("C1", "P1", 2));
         save(&store, &mut part).await?;
-        store.compact(TP, &part).await?;
-        part.mark_compacted();
+        store.compact(TP, &mut part).await?;
         let (minute, _) = part.cells.keys().next().cloned().expect("a cell");
         assert_eq!(store.load(TP).await?.cells.len(), 1, "the cell is stored");
         assert_eq!(part.prune_cells(minute + 1).len(), 1);
-        store.compact(TP, &part).await?;
+        // A compaction comes with a flush that logged something: a later offset.
+        part.apply(1, sale("C2", "P1", 1));
+        save(&store, &mut part).await?;
+        store.compact(TP, &mut part).await?;
         let loaded = store.load(TP).await?;
         assert!(loaded.cells.is_empty(), "a cell past retention comes back");
-        assert_eq!(loaded.sold["P1"].value, 2, "units sold stay");
+        assert_eq!(loaded.sold["P1"].value, 3, "units sold stay");
         Ok(())
     }
 
@@ -646,30 +712,68 @@ mod tests {
         let loaded = store.load(TP).await?;
         assert_same(&loaded, &part, "from the log");
         assert_eq!(loaded.logged, 6, "sold, cell, 2 × spent, inventory, client");
-        assert_eq!(loaded.since_compaction, Touched::all(&[&part]));
 
         part.apply(4, sale("C1", "P1", 5));
         part.apply(5, record("P1", "B2"));
         save(&store, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "from two log writes");
 
-        let written = store.compact(TP, &part).await?;
-        part.mark_compacted();
+        let written = store.compact(TP, &mut part).await?;
         assert_eq!(written, 6, "every key once, however often it was logged");
         assert_eq!(log_documents(&mongo).await?, 0, "the log is folded");
         let loaded = store.load(TP).await?;
-        assert_same(&loaded, &part, "from the compacted keys");
-        assert_eq!(
-            (loaded.logged, loaded.since_compaction),
-            (0, Touched::default())
-        );
+        assert_same(&loaded, &part, "from the snapshot");
+        assert_eq!(loaded.logged, 0);
 
         // A stale writer (the state before offset 4, e.g. a replica that lost the partition)
-        // logs its older keys: they neither win over the compacted ones nor go backwards.
+        // logs its older keys, then compacts them: they neither win over the newer snapshot
+        // nor delete it.
         let mut stale = before;
         stale.touched = Touched::all(&[&stale]);
         store.save(TP, &stale).await?;
         assert_same(&store.load(TP).await?, &part, "with a stale log entry");
+        store.compact(TP, &mut stale).await?;
+        assert_same(&store.load(TP).await?, &part, "after a stale snapshot");
+
+        // The next snapshot replaces the earlier ones, the stale writer's too once a load
+        // has seen it (a process deletes only documents it read or wrote).
+        let mut part = store.load(TP).await?;
+        part.apply(6, sale("C3", "P2", 1));
+        save(&store, &mut part).await?;
+        store.compact(TP, &mut part).await?;
+        assert_same(&store.load(TP).await?, &part, "from the next snapshot");
+        let state = mongo.database().collection::<Document>(STATE);
+        let snapshots = state.count_documents(doc! {"entries": {"$exists": true}});
+        assert_eq!(snapshots.await?, 1, "one snapshot document left");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn state_stored_one_document_per_key_still_loads_and_is_replaced() -> anyhow::Result<()> {
+        let mongo = TestMongo::create().await?;
+        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        let mut part = PartitionState::default();
+        part.apply(0, sale("C1", "P1", 2));
+        part.apply(1, record("P1", "B1"));
+        part.mark_stored(0);
+        // As versions before snapshots compacted: one `analytics_state` document per key.
+        let state = mongo.database().collection::<Document>(STATE);
+        for e in entries(&part, &Touched::all(&[&part])) {
+            let mut d = e.to_document()?;
+            let id = format!("{TP}|{}|{}", d.get_str("k")?, d.get_str("key")?);
+            d.insert("_id", id);
+            d.insert("tp", TP);
+            state.insert_one(d).await?;
+        }
+        store.save_entries(TP, part.next, &[]).await?;
+        assert_same(&store.load(TP).await?, &part, "one document per key");
+        let mut part = store.load(TP).await?;
+        part.apply(2, sale("C2", "P1", 1));
+        save(&store, &mut part).await?;
+        store.compact(TP, &mut part).await?;
+        assert_same(&store.load(TP).await?, &part, "from the snapshot");
+        let per_key = state.count_documents(doc! {"k": {"$exists": true}});
+        assert_eq!(per_key.await?, 0, "the per-key documents are replaced");
         Ok(())
     }
 }

@@ -1,8 +1,15 @@
 //! MongoDB unreachable for 10 s: consumption pauses, nothing is stored or committed, and the
-//! results are exact once it is back.
+//! results are exact once it is back. A log compaction that cannot be written holds up
+//! nothing else.
 
 use std::{net::SocketAddr, time::Duration};
 
+use futures::TryStreamExt;
+use mongodb::{
+    IndexModel,
+    bson::{Document, doc},
+    options::IndexOptions,
+};
 use sluice_core::config::Secret;
 use sluice_testkit::{FaultProxy, eventually};
 use tokio::time::Instant;
@@ -98,6 +105,79 @@ async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result
     proxy.restore();
     env.wait_exact(&expected(&sales, &products), Duration::from_secs(90))
         .await?;
+    app.stop(Duration::from_secs(20)).await??;
+    Ok(())
+}
+
+/// Log compactions that ended, from the duration histogram's count.
+fn compactions(text: &str) -> f64 {
+    metric(text, "analytics_compaction_duration_seconds_count")
+}
+
+/// A compaction writes a snapshot of a partition's state (seconds of writes against the test
+/// server for a large one); the results of the sales that arrive meanwhile must not wait for
+/// it. Here it cannot finish at all: `analytics_state` holds a document without the field
+/// `blocked`, and a unique index on that field refuses every other such document, so the
+/// snapshot fails and is retried until the index is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_that_cannot_be_written_holds_up_no_results() -> anyhow::Result<()> {
+    let env = TestEnv::create().await?;
+    let state = env
+        .mongo
+        .database()
+        .collection::<Document>("analytics_state");
+    let unique = IndexOptions::builder().unique(true).build();
+    let blocked = doc! {"blocked": 1};
+    let index = IndexModel::builder().keys(blocked).options(unique).build();
+    state.create_index(index).await?;
+    state.insert_one(doc! {"_id": "blocker"}).await?;
+    let products = inventory();
+    let mut sales: Vec<_> = (0..2_000).map(sale).collect();
+    env.produce(&products.iter().map(inventory_msg).collect::<Vec<_>>())
+        .await?;
+    env.produce(&client_msgs()).await?;
+    env.produce(&sales.iter().map(sale_msg).collect::<Vec<_>>())
+        .await?;
+    let mut config = env.config();
+    config.compact_after_entries = 50;
+    let (app, metrics) = start(config).await?;
+    eventually("a compaction failing", Duration::from_secs(60), || async {
+        (metric(&metrics.render(), "analytics_store_errors_total") > 0.0).then_some(())
+    })
+    .await?;
+    let more: Vec<_> = (2_000..3_000).map(sale).collect();
+    env.produce(&more.iter().map(sale_msg).collect::<Vec<_>>())
+        .await?;
+    sales.extend(more);
+    env.wait_exact(&expected(&sales, &products), Duration::from_secs(60))
+        .await?;
+    let text = metrics.render();
+    assert_eq!(compactions(&text), 0.0, "the compaction was still failing");
+    state.drop_index("blocked_1").await?;
+    eventually("the compaction done", Duration::from_secs(60), || async {
+        (compactions(&metrics.render()) >= 1.0).then_some(())
+    })
+    .await?;
+    // The compacted partition's log up to its head is gone: the snapshot holds it.
+    let log = env.mongo.database().collection::<Document>("analytics_log");
+    let heads = (env
+        .mongo
+        .database()
+        .collection::<Document>("analytics_heads"))
+    .find(doc! {})
+    .await?
+    .try_collect::<Vec<_>>()
+    .await?;
+    assert!(!heads.is_empty(), "a partition's head is stored");
+    for head in heads {
+        let (tp, next) = (head.get_str("tp")?, head.get_i64("next")?);
+        let covered = doc! {"tp": tp, "next": {"$lte": next}};
+        assert_eq!(
+            log.count_documents(covered).await?,
+            0,
+            "{tp}'s log up to {next}"
+        );
+    }
     app.stop(Duration::from_secs(20)).await??;
     Ok(())
 }
