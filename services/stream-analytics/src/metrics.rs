@@ -14,7 +14,7 @@ pub(crate) struct AnalyticsMetrics {
     pub(crate) dead_lettered: IntCounter,
     /// Time to write a flush (state, offsets, results).
     pub(crate) flush_seconds: Histogram,
-    /// Time to fold a partition's log into per-key documents (beside the flushes).
+    /// Time to replace a partition's log by a snapshot (beside the flushes).
     pub(crate) compaction_seconds: Histogram,
     /// Unix time of the last flush that wrote or found nothing to write.
     pub(crate) last_flush: IntGauge,
@@ -49,7 +49,7 @@ impl AnalyticsMetrics {
             )?,
             compaction_seconds: m.histogram(
                 "analytics_compaction_duration_seconds",
-                "Time to fold a partition's log into per-key documents",
+                "Time to replace a partition's log by a snapshot of its state",
                 vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             )?,
             last_flush: m.gauge(

@@ -55,12 +55,16 @@ struct Owned {
     durable: i64,
     /// The position was checked against MongoDB's offset (and corrected by a seek).
     checked: bool,
+    /// Which load of the partition this is (see [`Pipeline::loads`]).
+    loaded: u64,
 }
 
 /// What one partition's flush writes, prepared from its state in memory.
 #[derive(Debug)]
 struct PartWrite {
     tp: String,
+    /// The load of the partition it was prepared from.
+    loaded: u64,
     next: i64,
     entries: Vec<RawDocumentBuf>,
     /// The compaction to start once these entries are stored.
@@ -75,7 +79,8 @@ struct Compaction {
     /// The snapshot's documents ([`store::snapshot`]).
     documents: Vec<RawDocumentBuf>,
     keys: usize,
-    /// The stored documents it replaces, deleted once it is stored.
+    /// The stored documents it replaces, deleted once it is stored: those known when it was
+    /// taken, and its flush's log documents.
     replaces: StoredDocuments,
 }
 
@@ -171,8 +176,7 @@ impl Steps<'_> {
 }
 
 /// Stores a partition's snapshot, moves its head, then deletes the log and the snapshots it
-/// replaces ([`Store::save_snapshot`], [`Store::set_head`], [`Store::covered`],
-/// [`Store::delete`]), retrying each step until it is done or `stop` comes; `Some` once
+/// replaces ([`Store::save_snapshot`], [`Store::set_head`], [`Store::delete`]), retrying each step until it is done or `stop` comes; `Some` once
 /// done.
 ///
 /// It runs beside the flushes, not in one, and yields to them step by step: the results of
@@ -280,6 +284,8 @@ pub(crate) struct Pipeline {
     reload_results: bool,
     /// The view must be built again from every partition (one moved into `parts`).
     rebuild: bool,
+    /// Partitions loaded so far, to tell a partition's loads apart.
+    loads: u64,
     /// The minute of the clock at which every product's loss risk was last evaluated.
     risk_minute: i64,
     pending: usize,
@@ -347,6 +353,7 @@ impl Pipeline {
             reload_results: false,
             rebuild: false,
             risk_minute: i64::MIN,
+            loads: 0,
             pending: 0,
             writes_stop: CancellationToken::new(),
             turn: Turn::default(),
@@ -446,11 +453,6 @@ impl Pipeline {
         // After a flush that did not finish, nothing more is written: its keys are no longer
         // in memory as changed, so a later offset would claim them.
         let flushed = intact && self.flush_now(&writes_stop, &writes_stop).await;
-        if let Some(compacting) = self.compacting.take() {
-            // Not done in time, it is done again after the next start (the log is kept).
-            let _ = compacting.await;
-        }
-        timer.abort();
         if flushed {
             let tpl = self.committable();
             if tpl.count() > 0
@@ -464,6 +466,12 @@ impl Pipeline {
                 "final flush did not finish; the next start replays it"
             );
         }
+        if let Some(compacting) = self.compacting.take() {
+            // Within the shutdown timeout; one not done then is done again after the next
+            // start (what it replaces is still stored).
+            let _ = compacting.await;
+        }
+        timer.abort();
         if let Err(err) = self.dead_letters.flush(Duration::from_secs(5)) {
             tracing::warn!(error = %err, "dead-letter producer did not flush");
         }
@@ -548,12 +556,14 @@ impl Pipeline {
             // It was among the others' state in the view; the view is built again with it.
             self.others.remove(tp);
             self.rebuild = true;
+            self.loads += 1;
             let owned = Owned {
                 topic: topic.to_owned(),
                 partition,
                 durable: state.next,
                 state,
                 checked: false,
+                loaded: self.loads,
             };
             self.parts.insert(tp.to_owned(), owned);
         }
@@ -661,16 +671,18 @@ impl Pipeline {
             let compaction = (may_compact && due).then(|| {
                 may_compact = false;
                 state.mark_compacted();
+                let documents = store::snapshot(tp, state);
                 Compaction {
                     tp: tp.clone(),
                     next,
-                    documents: store::snapshot(tp, state),
                     keys: state.keys(),
-                    replaces: StoredDocuments::default(),
+                    replaces: state.replace_documents(store::ids(&documents)),
+                    documents,
                 }
             });
             parts.push(PartWrite {
                 tp: tp.clone(),
+                loaded: owned.loaded,
                 next,
                 entries,
                 compaction,
@@ -775,13 +787,18 @@ impl Pipeline {
     fn finish(&mut self, mut done: Written) {
         let mut compaction = None;
         for (w, logged) in done.writes.parts.iter_mut().zip(done.logged.drain(..)) {
-            let Some(owned) = self.parts.get_mut(&w.tp) else {
+            // A partition revoked (and perhaps loaded again) since the flush was prepared:
+            // another owner may have written newer documents, which what this flush knew
+            // must not be mistaken for. Its documents are deleted after a later load.
+            let Some(owned) = (self.parts.get_mut(&w.tp)).filter(|o| o.loaded == w.loaded) else {
                 continue;
             };
-            owned.state.documents.log.extend(logged);
-            if let Some(mut c) = w.compaction.take() {
-                c.replaces = owned.state.replace_documents(store::ids(&c.documents));
-                compaction = Some(c);
+            match w.compaction.take() {
+                Some(mut c) => {
+                    c.replaces.log.extend(logged);
+                    compaction = Some(c);
+                }
+                None => owned.state.documents.log.extend(logged),
             }
         }
         if let Some(c) = compaction {

@@ -128,16 +128,29 @@ impl Store {
     }
 
     /// The stored entries of the partitions `filter` selects, merged. The partitions' heads
-    /// are read before and after: when a compaction finished meanwhile, its deletions may
-    /// have hidden documents from the reads, which are then done again.
+    /// are read before and after: a partition whose compaction finished meanwhile may have
+    /// had documents deleted under the reads, and is read again.
     async fn load_where(&self, filter: Document) -> Result<BTreeMap<String, PartitionState>> {
+        let mut heads = self.heads(&filter).await?;
+        let mut parts = self.read_where(&filter).await?;
         for _ in 0..LOAD_ATTEMPTS {
-            let heads = self.heads(&filter).await?;
-            let parts = self.read_where(&filter).await?;
-            if self.heads(&filter).await? == heads {
+            let now = self.heads(&filter).await?;
+            let moved: Vec<&String> = (now.iter())
+                .filter(|(tp, next)| heads.get(*tp) != Some(next))
+                .map(|(tp, _)| tp)
+                .collect();
+            if moved.is_empty() {
                 return Ok(parts);
             }
-            tracing::debug!("a compaction finished while the state was read; reading again");
+            tracing::debug!(
+                ?moved,
+                "a compaction finished while the state was read; reading again"
+            );
+            for tp in &moved {
+                parts.remove(*tp);
+            }
+            parts.extend(self.read_where(&doc! {"tp": {"$in": moved}}).await?);
+            heads = now;
         }
         Err(Error::Stored {
             id: STATE.to_owned(),
@@ -681,13 +694,10 @@ mod tests {
         let (minute, _) = part.cells.keys().next().cloned().expect("a cell");
         assert_eq!(store.load(TP).await?.cells.len(), 1, "the cell is stored");
         assert_eq!(part.prune_cells(minute + 1).len(), 1);
-        // A compaction comes with a flush that logged something: a later offset.
-        part.apply(1, sale("C2", "P1", 1));
-        save(&store, &mut part).await?;
         store.compact(TP, &mut part).await?;
         let loaded = store.load(TP).await?;
         assert!(loaded.cells.is_empty(), "a cell past retention comes back");
-        assert_eq!(loaded.sold["P1"].value, 3, "units sold stay");
+        assert_eq!(loaded.sold["P1"].value, 2, "units sold stay");
         Ok(())
     }
 
