@@ -668,6 +668,13 @@ mod tests {
         assert_eq!(got.clients, want.clients, "{when}: clients");
     }
 
+    /// A database of the test's own, and the store on it.
+    async fn test_store() -> anyhow::Result<(TestMongo, Store)> {
+        let mongo = TestMongo::create().await?;
+        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        Ok((mongo, store))
+    }
+
     async fn save(store: &Store, part: &mut PartitionState) -> anyhow::Result<()> {
         let written = store.save(TP, part).await?;
         part.documents.log.extend(written);
@@ -685,8 +692,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_compaction_deletes_stored_cells_past_the_rollups_retention() -> anyhow::Result<()> {
-        let mongo = TestMongo::create().await?;
-        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        let (_mongo, store) = test_store().await?;
         let mut part = PartitionState::default();
         part.apply(0, sale("C1", "P1", 2));
         save(&store, &mut part).await?;
@@ -703,8 +709,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_log_and_its_compaction_load_back_the_same_state() -> anyhow::Result<()> {
-        let mongo = TestMongo::create().await?;
-        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        let (mongo, store) = test_store().await?;
         let mut part = PartitionState::default();
         for (offset, input) in [
             sale("C1", "P1", 2),
@@ -760,8 +765,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_stored_one_document_per_key_still_loads_and_is_replaced() -> anyhow::Result<()> {
-        let mongo = TestMongo::create().await?;
-        let store = Store::connect(mongo.url(), mongo.database().name()).await?;
+        let (mongo, store) = test_store().await?;
         let mut part = PartitionState::default();
         part.apply(0, sale("C1", "P1", 2));
         part.apply(1, record("P1", "B1"));

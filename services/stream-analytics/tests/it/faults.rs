@@ -15,7 +15,7 @@ use sluice_testkit::{FaultProxy, eventually};
 use tokio::time::Instant;
 
 use crate::{
-    data::{client_msgs, expected, inventory, inventory_msg, sale, sale_msg},
+    data::{expected, inventory, sale, sale_msg},
     support::{TestEnv, metric, start},
 };
 
@@ -45,11 +45,7 @@ async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result
     let proxy = FaultProxy::start(mongo_addr(env.mongo.url())?).await?;
     let products = inventory();
     let mut sales: Vec<_> = (0..SALES).map(sale).collect();
-    env.produce(&products.iter().map(inventory_msg).collect::<Vec<_>>())
-        .await?;
-    env.produce(&client_msgs()).await?;
-    env.produce(&sales.iter().map(sale_msg).collect::<Vec<_>>())
-        .await?;
+    env.produce_all(&products, &sales).await?;
     let mut config = env.config();
     // No bound on messages: what stops consuming during the outage is the failure itself.
     config.flush_batch_size = 1_000_000;
@@ -133,11 +129,7 @@ async fn a_compaction_that_cannot_be_written_holds_up_no_results() -> anyhow::Re
     state.insert_one(doc! {"_id": "blocker"}).await?;
     let products = inventory();
     let mut sales: Vec<_> = (0..2_000).map(sale).collect();
-    env.produce(&products.iter().map(inventory_msg).collect::<Vec<_>>())
-        .await?;
-    env.produce(&client_msgs()).await?;
-    env.produce(&sales.iter().map(sale_msg).collect::<Vec<_>>())
-        .await?;
+    env.produce_all(&products, &sales).await?;
     let mut config = env.config();
     config.compact_after_entries = 50;
     let (app, metrics) = start(config).await?;

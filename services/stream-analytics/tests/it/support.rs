@@ -10,7 +10,7 @@ use sluice_analytics::{App, Config};
 use sluice_core::config::Secret;
 use sluice_testkit::{ChildService, InProcess, TestKafka, TestMongo, eventually};
 
-use crate::data::{Expected, Msg, NOW};
+use crate::data::{Expected, Msg, NOW, Product, Sale, client_msgs, inventory_msg, sale_msg};
 
 /// A test's own topics, database and consumer group.
 pub(crate) struct TestEnv {
@@ -119,6 +119,19 @@ impl TestEnv {
             }
         }
         Ok(())
+    }
+
+    /// The inventory `products`, the clients' records, then `sales`.
+    pub(crate) async fn produce_all(
+        &self,
+        products: &[Product],
+        sales: &[Sale],
+    ) -> anyhow::Result<()> {
+        self.produce(&products.iter().map(inventory_msg).collect::<Vec<_>>())
+            .await?;
+        self.produce(&client_msgs()).await?;
+        self.produce(&sales.iter().map(sale_msg).collect::<Vec<_>>())
+            .await
     }
 
     /// Sends raw payloads to a topic (base name), for malformed input.
