@@ -36,6 +36,7 @@ mod error;
 mod kafka;
 mod metrics;
 mod model;
+mod packed;
 mod pipeline;
 mod results;
 mod retry;

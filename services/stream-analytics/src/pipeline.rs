@@ -36,6 +36,7 @@ use crate::{
     kafka::{self, GroupConsumer, RebalanceEvent},
     metrics::AnalyticsMetrics,
     model::{self, Kind},
+    packed::Packed,
     results::{self, Change, Rules, Stored},
     retry::retry,
     state::{PartitionState, StoredDocuments, Touched, View},
@@ -66,7 +67,7 @@ struct PartWrite {
     /// The load of the partition it was prepared from.
     loaded: u64,
     next: i64,
-    entries: Vec<RawDocumentBuf>,
+    entries: Packed,
     /// The compaction to start once these entries are stored.
     compaction: Option<Compaction>,
 }
@@ -662,7 +663,7 @@ impl Pipeline {
         let mut may_compact = self.may_compact();
         for (tp, owned) in self.parts.iter_mut().filter(|(_, o)| o.state.has_changes()) {
             let state = &mut owned.state;
-            let entries = store::entries(state, &state.touched);
+            let entries = Packed::keys(state, &state.touched);
             let next = state.next;
             touched.extend(state.mark_stored(entries.len()));
             // A snapshot is the whole state: taken once the log is at least as large, so the

@@ -156,6 +156,20 @@ pub(crate) struct PartitionState {
     pub(crate) cells_from: Option<i64>,
 }
 
+/// Keeps the slot that includes more of the partition (the larger `next`).
+pub(crate) fn merge<K: Hash + Eq, T>(map: &mut HashMap<K, Slot<T>>, key: K, slot: Slot<T>) {
+    match map.entry(key) {
+        Entry::Vacant(e) => {
+            e.insert(slot);
+        }
+        Entry::Occupied(mut e) => {
+            if slot.next > e.get().next {
+                e.insert(slot);
+            }
+        }
+    }
+}
+
 /// Applies `change` to the slot of `key` unless the slot already includes `offset`; true if
 /// it was applied. The key is copied only when it is new to `map`.
 fn touch<K, Q, T: Default>(

@@ -2,10 +2,10 @@
 //! `analytics_state`), each partition's processed offset (`analytics_offsets`) and latest
 //! snapshot's offset (`analytics_heads`), and the result collections.
 //!
-//! Every stored key is an entry `{k, key, next, v}`: its value once the partition's messages
-//! before offset `next` are applied. Loading merges every entry of a partition, the larger
-//! `next` winning per key, so an entry written twice (a replay) or by a stale writer (a
-//! replica that lost the partition) changes nothing.
+//! Every stored key is an entry (see [`crate::packed`]): its value once the partition's
+//! messages before offset `next` are applied. Loading merges every entry of a partition, the
+//! larger `next` winning per key, so an entry written twice (a replay) or by a stale writer
+//! (a replica that lost the partition) changes nothing.
 //!
 //! Write order of a flush, and why no transaction is needed:
 //! 1. the changed keys of a partition, appended to the log (a few large documents);
@@ -25,28 +25,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hashbrown::hash_map::Entry;
-
 use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Client, Database,
-    bson::{self, Bson, Document, RawArrayBuf, RawDocumentBuf, doc, rawdoc},
+    bson::{self, Binary, Bson, Document, RawDocumentBuf, doc, rawdoc, spec::BinarySubtype},
 };
 
 use crate::{
     Error, Result,
     model::{Client as ClientRecord, Inventory},
+    packed::{Packed, unpack},
     results::{COLLECTIONS, Change, Stored},
-    state::{Cell, PartitionState, Slot, Spent, Touched},
+    state::{PartitionState, Slot, Spent, merge},
 };
 
 const STATE: &str = "analytics_state";
 const OFFSETS: &str = "analytics_offsets";
 const LOG: &str = "analytics_log";
 const HEADS: &str = "analytics_heads";
-/// Keys per log document (a client record is ~150 bytes of BSON: far below the 16 MB limit).
-const LOG_ENTRIES: usize = 10_000;
 /// Reads of the state in a row that a finishing compaction may disturb before a load fails.
 const LOAD_ATTEMPTS: usize = 5;
 /// Statements per `update` command.
@@ -181,7 +178,14 @@ impl Store {
             while let Some(d) = cursor.try_next().await? {
                 let tp = d.get_str("tp").unwrap_or_default().to_owned();
                 let part = parts.entry(tp).or_default();
-                if let Ok(entries) = d.get_array("entries") {
+                if let Ok(packed) = d.get_binary_generic("packed") {
+                    let read = unpack(packed, part).map_err(|reason| Error::Stored {
+                        id: format!("{collection} {}", d.get_str("_id").unwrap_or_default()),
+                        reason,
+                    })?;
+                    part.logged += if logged { read } else { 0 };
+                } else if let Ok(entries) = d.get_array("entries") {
+                    // As the version of 2026-12-06 stored them: a sub-document per key.
                     for e in entries.iter().filter_map(Bson::as_document) {
                         read_key(part, e)?;
                         part.logged += usize::from(logged);
@@ -205,18 +209,17 @@ impl Store {
     /// log documents' ids.
     #[cfg(test)]
     pub(crate) async fn save(&self, tp: &str, part: &PartitionState) -> Result<Vec<String>> {
-        self.save_entries(tp, part.next, &entries(part, &part.touched))
-            .await
+        (self.save_entries(tp, part.next, &Packed::keys(part, &part.touched))).await
     }
 
-    /// Appends keys ([`entries`]) to a partition's log (one insert per 10,000 keys, instead of
-    /// an update per key), then sets its offset to `next` unless a greater one is stored.
+    /// Appends keys to a partition's log (one insert per [`PER_DOCUMENT`](crate::packed::PER_DOCUMENT) keys, instead of an
+    /// update per key), then sets its offset to `next` unless a greater one is stored.
     #[tracing::instrument(skip(self, entries), fields(entries = entries.len()))]
     pub(crate) async fn save_entries(
         &self,
         tp: &str,
         next: i64,
-        entries: &[RawDocumentBuf],
+        entries: &Packed,
     ) -> Result<Vec<String>> {
         let docs = entry_documents(tp, next, entries);
         let written = ids(&docs);
@@ -381,110 +384,10 @@ fn on_id(error: &Document) -> bool {
     }
 }
 
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn inventory_doc(p: &Inventory) -> Document {
-    doc! {
-        "product_id": &p.product_id, "name": &p.name, "category": &p.category,
-        "buy_cents": p.buy_cents, "sell_cents": p.sell_cents, "min_margin_bp": p.min_margin_bp,
-        "quantity": int(p.quantity), "last_movement": crate::model::bson_time(p.last_movement),
-        "expiry_date": p.expiry_date.to_string(), "batch_no": &p.batch_no,
-    }
-}
-
-fn client_doc(c: &ClientRecord) -> Document {
-    doc! {
-        "client_id": &c.client_id, "name": &c.name,
-        "reported_revenue_cents": c.reported_revenue_cents, "loyalty_tier": &c.loyalty_tier,
-    }
-}
-
-/// Log entries `{k, key, next, v}`, built as raw BSON: about a tenth of a [`Document`]'s
-/// memory (a flush may hold 100,000 of them), and built directly for the counters (a
-/// `Document` first, then encoded, was a tenth of the CPU of consuming from a backlog).
-struct Entries(Vec<RawDocumentBuf>);
-
-impl Entries {
-    fn put(&mut self, kind: &str, key: &str, next: i64, v: RawDocumentBuf) {
-        self.0
-            .push(rawdoc! {"k": kind, "key": key, "next": next, "v": v});
-    }
-
-    /// Only documents holding a BSON-invalid key fail to encode; the records' keys are fixed
-    /// names, so this never happens.
-    fn put_record(&mut self, kind: &str, key: &str, next: i64, d: &Document) {
-        match RawDocumentBuf::from_document(d) {
-            Ok(v) => self.put(kind, key, next, v),
-            Err(err) => tracing::error!(kind, key, error = %err, "state key not encodable"),
-        }
-    }
-
-    fn sold(&mut self, product: &str, s: &Slot<u64>) {
-        self.put("sold", product, s.next, rawdoc! {"units": int(s.value)});
-    }
-
-    fn cell(&mut self, (minute, product): &Cell, s: &Slot<u64>) {
-        let v = rawdoc! {"minute": *minute, "product": product.as_str(), "units": int(s.value)};
-        self.put("cell", &format!("{minute}|{product}"), s.next, v);
-    }
-
-    fn spent(&mut self, client: &str, s: &Slot<Spent>) {
-        let v = rawdoc! {"cents": s.value.cents, "invoices": int(s.value.invoices)};
-        self.put("spent", client, s.next, v);
-    }
-
-    fn inventory(&mut self, product: &str, s: &Slot<Inventory>) {
-        self.put_record("inv", product, s.next, &inventory_doc(&s.value));
-    }
-
-    fn client(&mut self, client: &str, s: &Slot<ClientRecord>) {
-        self.put_record("client", client, s.next, &client_doc(&s.value));
-    }
-}
-
-/// The entries of `keys`, as the partition holds them: what a flush logs.
-pub(crate) fn entries(part: &PartitionState, keys: &Touched) -> Vec<RawDocumentBuf> {
-    let mut out = Entries(Vec::with_capacity(keys.len()));
-    for (k, s) in (keys.sold.iter()).filter_map(|k| Some((k, part.sold.get(k)?))) {
-        out.sold(k, s);
-    }
-    for (k, s) in (keys.cells.iter()).filter_map(|k| Some((k, part.cells.get(k)?))) {
-        out.cell(k, s);
-    }
-    for (k, s) in (keys.spent.iter()).filter_map(|k| Some((k, part.spent.get(k)?))) {
-        out.spent(k, s);
-    }
-    for (k, s) in (keys.inventory.iter()).filter_map(|k| Some((k, part.inventory.get(k)?))) {
-        out.inventory(k, s);
-    }
-    for (k, s) in (keys.clients.iter()).filter_map(|k| Some((k, part.clients.get(k)?))) {
-        out.client(k, s);
-    }
-    out.0
-}
-
 /// A snapshot of the partition's whole state at its stored offset, as documents of
-/// `LOG_ENTRIES` entries each (see [`Store::save_snapshot`]).
+/// [`PER_DOCUMENT`](crate::packed::PER_DOCUMENT) keys each (see [`Store::save_snapshot`]).
 pub(crate) fn snapshot(tp: &str, part: &PartitionState) -> Vec<RawDocumentBuf> {
-    let mut out = Entries(Vec::with_capacity(part.keys()));
-    for (k, s) in &part.sold {
-        out.sold(k, s);
-    }
-    for (k, s) in &part.cells {
-        out.cell(k, s);
-    }
-    for (k, s) in &part.spent {
-        out.spent(k, s);
-    }
-    for (k, s) in &part.inventory {
-        out.inventory(k, s);
-    }
-    for (k, s) in &part.clients {
-        out.client(k, s);
-    }
-    entry_documents(tp, part.stored_next, &out.0)
+    entry_documents(tp, part.stored_next, &Packed::all(part))
 }
 
 /// The `_id`s of `documents`.
@@ -494,46 +397,28 @@ pub(crate) fn ids(documents: &[RawDocumentBuf]) -> Vec<String> {
         .collect()
 }
 
-/// `entries` as documents of `LOG_ENTRIES` each, for the log or a snapshot. Ids are unique
+/// `entries` as documents of [`PER_DOCUMENT`](crate::packed::PER_DOCUMENT) each, for the log or a snapshot. Ids are unique
 /// per call: a replay may log the same keys again, which loading merges.
-fn entry_documents(tp: &str, next: i64, entries: &[RawDocumentBuf]) -> Vec<RawDocumentBuf> {
+fn entry_documents(tp: &str, next: i64, entries: &Packed) -> Vec<RawDocumentBuf> {
     let nonce = fastrand::u64(..);
-    (entries.chunks(LOG_ENTRIES).enumerate())
+    (entries.chunks().iter().enumerate())
         .map(|(i, chunk)| {
-            let mut array = RawArrayBuf::new();
-            for e in chunk {
-                array.push(e.clone());
-            }
+            let packed = Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: chunk.clone(),
+            };
             rawdoc! {
                 "_id": format!("{tp}|{next}|{nonce:016x}|{i}"),
                 "tp": tp,
                 "next": next,
-                "entries": array,
+                "packed": packed,
             }
         })
         .collect()
 }
 
-/// Keeps the slot that includes more of the partition (the larger `next`).
-fn merge<K: std::hash::Hash + Eq, T>(
-    map: &mut crate::state::HashMap<K, Slot<T>>,
-    key: K,
-    slot: Slot<T>,
-) {
-    match map.entry(key) {
-        Entry::Vacant(e) => {
-            e.insert(slot);
-        }
-        Entry::Occupied(mut e) => {
-            if slot.next > e.get().next {
-                e.insert(slot);
-            }
-        }
-    }
-}
-
-/// Reads one stored entry (of a log document or a snapshot, or an `analytics_state` document
-/// of one key as older versions stored them) into the partition.
+/// Reads one key as earlier versions stored it, `{k, key, next, v}` (a sub-document of a log
+/// or snapshot document, or an `analytics_state` document of its own) into the partition.
 fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
     let id = d.get_str("_id").map_or_else(
         |_| {
@@ -617,7 +502,10 @@ mod tests {
     use sluice_testkit::TestMongo;
 
     use super::*;
-    use crate::model::{Input, LineItem, Sale};
+    use crate::{
+        model::{Input, LineItem, Sale},
+        state::Touched,
+    };
 
     const TP: &str = "t|0";
 
@@ -758,36 +646,116 @@ mod tests {
         store.compact(TP, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "from the next snapshot");
         let state = mongo.database().collection::<Document>(STATE);
-        let snapshots = state.count_documents(doc! {"entries": {"$exists": true}});
+        let snapshots = state.count_documents(doc! {"packed": {"$exists": true}});
         assert_eq!(snapshots.await?, 1, "one snapshot document left");
         Ok(())
     }
 
+    /// The keys `keys` of `part` as versions before packed entries stored them: `{k, key,
+    /// next, v}` each.
+    fn keys_as_before(part: &PartitionState, keys: &Touched) -> Vec<Document> {
+        let entry = |k: &str, key: &str, next: i64, v: Document| {
+            doc! {"k": k, "key": key, "next": next, "v": v}
+        };
+        let mut out = Vec::new();
+        for (p, s) in part.sold.iter().filter(|(k, _)| keys.sold.contains(*k)) {
+            out.push(entry("sold", p, s.next, doc! {"units": s.value as i64}));
+        }
+        for ((m, p), s) in part.cells.iter().filter(|(k, _)| keys.cells.contains(*k)) {
+            let v = doc! {"minute": m, "product": p, "units": s.value as i64};
+            out.push(entry("cell", &format!("{m}|{p}"), s.next, v));
+        }
+        for (c, s) in part.spent.iter().filter(|(k, _)| keys.spent.contains(*k)) {
+            let v = doc! {"cents": s.value.cents, "invoices": s.value.invoices as i64};
+            out.push(entry("spent", c, s.next, v));
+        }
+        for (p, s) in part
+            .inventory
+            .iter()
+            .filter(|(k, _)| keys.inventory.contains(*k))
+        {
+            let r = &s.value;
+            let v = doc! {
+                "product_id": &r.product_id, "name": &r.name, "category": &r.category,
+                "buy_cents": r.buy_cents, "sell_cents": r.sell_cents,
+                "min_margin_bp": r.min_margin_bp, "quantity": r.quantity as i64,
+                "last_movement": crate::model::bson_time(r.last_movement),
+                "expiry_date": r.expiry_date.to_string(), "batch_no": &r.batch_no,
+            };
+            out.push(entry("inv", p, s.next, v));
+        }
+        for (c, s) in part
+            .clients
+            .iter()
+            .filter(|(k, _)| keys.clients.contains(*k))
+        {
+            let r = &s.value;
+            let v = doc! {
+                "client_id": &r.client_id, "name": &r.name,
+                "reported_revenue_cents": r.reported_revenue_cents,
+                "loyalty_tier": &r.loyalty_tier,
+            };
+            out.push(entry("client", c, s.next, v));
+        }
+        out
+    }
+
     #[tokio::test]
-    async fn state_stored_one_document_per_key_still_loads_and_is_replaced() -> anyhow::Result<()> {
+    async fn state_stored_by_earlier_versions_still_loads_and_is_replaced() -> anyhow::Result<()> {
         let (mongo, store) = test_store().await?;
         let mut part = PartitionState::default();
         part.apply(0, sale("C1", "P1", 2));
         part.apply(1, record("P1", "B1"));
-        part.mark_stored(0);
-        // As versions before snapshots compacted: one `analytics_state` document per key.
+        part.apply(2, client("C1"));
+        // Before 2026-12-06: one `analytics_state` document per key.
         let state = mongo.database().collection::<Document>(STATE);
-        for e in entries(&part, &Touched::all(&[&part])) {
-            let mut d = e.to_document()?;
+        for mut d in keys_as_before(&part, &Touched::all(&[&part])) {
             let id = format!("{TP}|{}|{}", d.get_str("k")?, d.get_str("key")?);
             d.insert("_id", id);
             d.insert("tp", TP);
             state.insert_one(d).await?;
         }
-        store.save_entries(TP, part.next, &[]).await?;
-        assert_same(&store.load(TP).await?, &part, "one document per key");
-        let mut part = store.load(TP).await?;
-        part.apply(2, sale("C2", "P1", 1));
+        part.mark_stored(0);
+        // On 2026-12-06: log documents of one sub-document per key.
+        part.apply(3, sale("C2", "P1", 1));
+        let log = mongo.database().collection::<Document>(LOG);
+        let entries = keys_as_before(&part, &part.touched);
+        assert_eq!(entries.len(), 3, "sold, cell, spent");
+        let id = format!("{TP}|{}|0|0", part.next);
+        log.insert_one(doc! {"_id": id, "tp": TP, "next": part.next, "entries": entries})
+            .await?;
+        part.mark_stored(3);
+        store
+            .save_entries(TP, part.next, &Packed::default())
+            .await?;
+        let loaded = store.load(TP).await?;
+        assert_same(&loaded, &part, "per-key and sub-document entries");
+        assert_eq!(loaded.logged, 3);
+
+        let mut part = loaded;
+        part.apply(4, sale("C2", "P2", 1));
         save(&store, &mut part).await?;
         store.compact(TP, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "from the snapshot");
         let per_key = state.count_documents(doc! {"k": {"$exists": true}});
         assert_eq!(per_key.await?, 0, "the per-key documents are replaced");
+        assert_eq!(log_documents(&mongo).await?, 0, "the log is folded");
         Ok(())
+    }
+
+    #[test]
+    fn a_damaged_entry_is_an_error_that_names_it() {
+        let mut part = PartitionState::default();
+        part.apply(0, sale("C1", "P1", 2));
+        let packed = Packed::all(&part);
+        let chunk = &packed.chunks()[0];
+        let mut loaded = PartitionState::default();
+        assert_eq!(unpack(chunk, &mut loaded), Ok(3));
+        let err = unpack(&chunk[..chunk.len() - 1], &mut PartitionState::default());
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.starts_with("entry 2 unreadable")),
+            "{err:?}"
+        );
     }
 }
