@@ -16,22 +16,12 @@ use tokio::time::Instant;
 
 use crate::{
     data::{expected, inventory, sale, sale_msg},
-    support::{TestEnv, metric, start},
+    support::{TestEnv, applied_sales, metric, start},
 };
 
 const SALES: usize = 30_000;
 /// Sales produced once the flushes fail: input that must wait.
 const MORE: usize = 2_000;
-
-/// Sales messages applied so far (`analytics_messages_total`, outcome `applied`).
-fn applied_sales(text: &str, sales_topic: &str) -> f64 {
-    let topic = format!("topic=\"{sales_topic}\"");
-    text.lines()
-        .filter(|l| l.starts_with("analytics_messages_total{") && l.contains(&topic))
-        .filter(|l| l.contains("outcome=\"applied\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 fn mongo_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);

@@ -1,6 +1,7 @@
 //! Integration tests of sluice-analytics against the real Kafka-protocol broker and
 //! MongoDB-protocol server of scripts/deps.sh.
 
+mod backlog;
 mod broker_restart;
 mod crash;
 mod data;

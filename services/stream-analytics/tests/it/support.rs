@@ -285,6 +285,16 @@ pub(crate) fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Sales messages applied so far (`analytics_messages_total`, outcome `applied`).
+pub(crate) fn applied_sales(text: &str, sales_topic: &str) -> f64 {
+    let topic = format!("topic=\"{sales_topic}\"");
+    text.lines()
+        .filter(|l| l.starts_with("analytics_messages_total{") && l.contains(&topic))
+        .filter(|l| l.contains("outcome=\"applied\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The binary as a child process.
 pub(crate) async fn spawn_child(env: &TestEnv) -> anyhow::Result<ChildService> {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-analytics"));
