@@ -6,7 +6,9 @@
 //! they are opaque bytes: the MongoDB-protocol server of the tests stored 180,000 keys in 40-80
 //! ms this way, against 650-800 ms as 10,000 sub-documents a document (docs/benchmarks.md), and
 //! a backlog logs ~190,000 keys per million sales. postcard's wire format is stable since 1.0;
-//! an [`Entry`]'s variants and fields are encoded by position, so they are only ever appended.
+//! it encodes an [`Entry`]'s variant by its position and then its fields one after the other,
+//! with no count or length, so stored entries are read only by the same layout: a new layout
+//! is a new variant, appended, and an existing variant (or record) never changes.
 
 use std::borrow::Cow;
 
@@ -21,8 +23,8 @@ use crate::{
 /// Keys per stored document (a client record is ~60 bytes: far below the 16 MB limit).
 pub(crate) const PER_DOCUMENT: usize = 10_000;
 
-/// One stored key. Never reorder or remove a variant or a field: stored documents name them
-/// by position.
+/// One stored key. Never reorder, remove or change a variant, nor the fields of it or of the
+/// records it holds (stored entries carry neither names nor lengths); append a new variant.
 #[derive(Debug, Serialize, Deserialize)]
 enum Entry<'a> {
     Sold {

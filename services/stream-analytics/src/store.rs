@@ -178,15 +178,29 @@ impl Store {
             while let Some(d) = cursor.try_next().await? {
                 let tp = d.get_str("tp").unwrap_or_default().to_owned();
                 let part = parts.entry(tp).or_default();
-                if let Ok(packed) = d.get_binary_generic("packed") {
-                    let read = unpack(packed, part).map_err(|reason| Error::Stored {
-                        id: format!("{collection} {}", d.get_str("_id").unwrap_or_default()),
-                        reason,
-                    })?;
+                let damaged = |reason: &str| Error::Stored {
+                    id: format!("{collection} {}", d.get_str("_id").unwrap_or_default()),
+                    reason: reason.to_owned(),
+                };
+                if let Some(packed) = d.get("packed") {
+                    let Bson::Binary(Binary {
+                        subtype: BinarySubtype::Generic,
+                        bytes,
+                    }) = packed
+                    else {
+                        return Err(damaged("`packed` is not generic binary data"));
+                    };
+                    let read = unpack(bytes, part).map_err(|reason| damaged(&reason))?;
                     part.logged += if logged { read } else { 0 };
-                } else if let Ok(entries) = d.get_array("entries") {
+                } else if let Some(entries) = d.get("entries") {
                     // As the version of 2026-12-06 stored them: a sub-document per key.
-                    for e in entries.iter().filter_map(Bson::as_document) {
+                    let Bson::Array(entries) = entries else {
+                        return Err(damaged("`entries` is not an array"));
+                    };
+                    for e in entries {
+                        let e = e
+                            .as_document()
+                            .ok_or_else(|| damaged("an entry is not a document"))?;
                         read_key(part, e)?;
                         part.logged += usize::from(logged);
                     }
@@ -716,30 +730,57 @@ mod tests {
             state.insert_one(d).await?;
         }
         part.mark_stored(0);
-        // On 2026-12-06: log documents of one sub-document per key.
+        // On 2026-12-06: log and snapshot documents of one sub-document per key.
+        let as_before = |part: &PartitionState, keys: &Touched, nonce: u8| {
+            let (id, next) = (format!("{TP}|{}|{nonce}|0", part.next), part.next);
+            doc! {"_id": id, "tp": TP, "next": next, "entries": keys_as_before(part, keys)}
+        };
         part.apply(3, sale("C2", "P1", 1));
         let log = mongo.database().collection::<Document>(LOG);
-        let entries = keys_as_before(&part, &part.touched);
-        assert_eq!(entries.len(), 3, "sold, cell, spent");
-        let id = format!("{TP}|{}|0|0", part.next);
-        log.insert_one(doc! {"_id": id, "tp": TP, "next": part.next, "entries": entries})
-            .await?;
+        assert_eq!(part.touched.len(), 3, "sold, cell, spent");
+        log.insert_one(as_before(&part, &part.touched, 0)).await?;
         part.mark_stored(3);
+        part.apply(4, client("C2"));
+        state
+            .insert_one(as_before(&part, &Touched::all(&[&part]), 1))
+            .await?;
+        part.mark_stored(0);
         store
             .save_entries(TP, part.next, &Packed::default())
             .await?;
         let loaded = store.load(TP).await?;
-        assert_same(&loaded, &part, "per-key and sub-document entries");
-        assert_eq!(loaded.logged, 3);
+        assert_same(&loaded, &part, "documents of every earlier layout");
+        assert_eq!(loaded.logged, 3, "only the log's entries count as logged");
 
+        // Packed entries, newer, for keys stored in the earlier layouts.
         let mut part = loaded;
-        part.apply(4, sale("C2", "P2", 1));
+        part.apply(5, sale("C1", "P1", 1));
         save(&store, &mut part).await?;
+        assert_same(&store.load(TP).await?, &part, "packed over earlier layouts");
         store.compact(TP, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "from the snapshot");
-        let per_key = state.count_documents(doc! {"k": {"$exists": true}});
-        assert_eq!(per_key.await?, 0, "the per-key documents are replaced");
+        let earlier = doc! {"$or": [{"k": {"$exists": true}}, {"entries": {"$exists": true}}]};
+        let left = state.count_documents(earlier).await?;
+        assert_eq!(left, 0, "the earlier layouts' documents are replaced");
         assert_eq!(log_documents(&mongo).await?, 0, "the log is folded");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stored_document_of_another_shape_fails_the_load() -> anyhow::Result<()> {
+        let (mongo, store) = test_store().await?;
+        let log = mongo.database().collection::<Document>(LOG);
+        let id = format!("{TP}|1|0|0");
+        log.insert_one(doc! {"_id": &id, "tp": TP, "next": 1_i64, "packed": "text"})
+            .await?;
+        let err = store
+            .load(TP)
+            .await
+            .expect_err("a load of a damaged document");
+        assert_eq!(
+            err.to_string(),
+            format!("stored state {LOG} {id}: `packed` is not generic binary data")
+        );
         Ok(())
     }
 

@@ -9,7 +9,9 @@ use crate::{
     support::{TestEnv, applied_sales, start},
 };
 
-const SALES: usize = 60_000;
+/// Enough that the sales left after the first sixth take seconds to consume in a debug build,
+/// against the ~100 ms between a flush's start and its write.
+const SALES: usize = 120_000;
 
 /// While messages are always ready, the consuming loop never waits for one. A flush's
 /// writes, spawned from it, must still run meanwhile: until 2026-12-06 they sat in the
@@ -34,13 +36,14 @@ async fn a_backlogs_first_flush_is_stored_while_the_rest_is_consumed() -> anyhow
         || async { (applied() >= (SALES / 6) as f64).then_some(()) },
     )
     .await?;
-    // A flush started from here on holds sales consumed from a backlog in full flow.
+    // A flush started from here on holds sales consumed from a backlog in full flow. Each
+    // check reads the sales applied just before the stored offsets.
     let stored = env.sales_done().await?;
-    eventually("more sales stored", Duration::from_secs(120), || async {
-        (env.sales_done().await.ok()? > stored).then_some(())
+    let applied_then = eventually("more sales stored", Duration::from_secs(120), || async {
+        let applied_now = applied();
+        (env.sales_done().await.ok()? > stored).then_some(applied_now)
     })
     .await?;
-    let applied_then = applied();
     assert!(
         applied_then < SALES as f64,
         "no flush was stored until all {SALES} sales had been applied"
