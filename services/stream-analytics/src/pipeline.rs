@@ -60,6 +60,15 @@ struct Owned {
     loaded: u64,
 }
 
+/// Whether a partition's position is settled once its first message, at `offset`, was
+/// compared with MongoDB's `next` and a seek to `next` was tried where they differ (`seeked`:
+/// it worked, or none was needed). Behind MongoDB it always is: replayed offsets are skipped one
+/// by one. Ahead of it only a seek settles it, or the messages in between would never be
+/// applied; until then each message is dropped and tries the seek again.
+fn position_settled(offset: i64, next: i64, seeked: bool) -> bool {
+    offset < next || seeked
+}
+
 /// What one partition's flush writes, prepared from its state in memory.
 #[derive(Debug)]
 struct PartWrite {
@@ -580,8 +589,8 @@ impl Pipeline {
         };
         let next = owned.state.next;
         if !owned.checked {
-            owned.checked = true;
-            if offset != next {
+            let mut seeked = offset == next;
+            if !seeked {
                 // Kafka's committed position differs from MongoDB's: MongoDB wins.
                 let to = Offset::Offset(next);
                 match self
@@ -589,15 +598,20 @@ impl Pipeline {
                     .seek(topic, partition, to, Duration::from_secs(5))
                 {
                     Ok(()) => {
-                        tracing::info!(%tp, from = offset, to = next, "seeked to MongoDB's offset")
+                        seeked = true;
+                        tracing::info!(%tp, from = offset, to = next, "seeked to MongoDB's offset");
+                    }
+                    Err(err) if offset < next => {
+                        tracing::warn!(%tp, error = %err, "seek failed; skipping by offset instead");
                     }
                     Err(err) => {
-                        tracing::warn!(%tp, error = %err, "seek failed; skipping by offset instead")
+                        tracing::warn!(%tp, error = %err, from = offset, to = next, "seek failed; the next message tries again");
                     }
                 }
-                if offset > next {
-                    return;
-                }
+            }
+            owned.checked = position_settled(offset, next, seeked);
+            if offset > next {
+                return;
             }
         }
         let counted = self.counted.get(&kind);
@@ -851,5 +865,25 @@ impl Pipeline {
         self.metrics.flush_seconds.observe(took.as_secs_f64());
         self.metrics.documents_written.inc_by(done.documents as u64);
         self.metrics.last_flush.set(chrono::Utc::now().timestamp());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::position_settled;
+
+    #[test]
+    fn a_position_ahead_of_mongodb_is_settled_only_by_a_seek() {
+        // Kafka's position ahead of MongoDB's offset: skipping on would lose 5..10.
+        assert!(
+            !position_settled(10, 5, false),
+            "a failed seek must be tried again"
+        );
+        assert!(position_settled(10, 5, true));
+        // Behind it: replayed offsets are skipped one by one, seek or not.
+        assert!(position_settled(3, 5, false));
+        assert!(position_settled(3, 5, true));
+        // Where MongoDB says: nothing to seek.
+        assert!(position_settled(5, 5, true));
     }
 }
