@@ -91,6 +91,9 @@ struct Args {
     /// The service binary (default: `sluice-analytics` next to this one).
     #[arg(long)]
     service: Option<PathBuf>,
+    /// How often the latency phase asks MongoDB for the probes' documents, ms.
+    #[arg(long, default_value_t = 5)]
+    probe_poll_ms: u64,
 }
 
 const CATEGORIES: [&str; 6] = [
@@ -512,12 +515,13 @@ async fn watch_probes(
     db: Database,
     probes: Probes,
     expected: usize,
+    poll: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Vec<f64>> {
     let clients = db.collection::<Document>("clients");
     let mut latencies = Vec::with_capacity(expected);
     while latencies.len() < expected && !stop.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(poll).await;
         let ids: Vec<String> = probes
             .lock()
             .map(|p| p.keys().cloned().collect())
@@ -564,6 +568,7 @@ async fn latency(
         db.clone(),
         probes.clone(),
         expected,
+        Duration::from_millis(args.probe_poll_ms),
         stop.clone(),
     ));
     let started = Instant::now();
