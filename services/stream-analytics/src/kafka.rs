@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use prometheus::IntCounterVec;
+
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
     config::RDKafkaLogLevel,
@@ -32,16 +34,26 @@ pub(crate) enum RebalanceEvent {
     Revoked(Vec<(String, i32)>),
 }
 
-/// Collects rebalance events (the callback must not block, so it only records them) and
-/// starts each assigned partition at MongoDB's offset.
-#[derive(Debug, Default)]
+/// Collects rebalance events (the callback must not block, so it only records them), counts
+/// them, and starts each assigned partition at MongoDB's offset.
+#[derive(Debug)]
 pub(crate) struct GroupContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// `topic|partition` → MongoDB's stored offset, refreshed by every flush.
     stored: Mutex<HashMap<String, i64>>,
+    /// `analytics_rebalances_total`, by event.
+    rebalances: IntCounterVec,
 }
 
 impl GroupContext {
+    pub(crate) fn new(rebalances: IntCounterVec) -> Self {
+        Self {
+            events: Mutex::default(),
+            stored: Mutex::default(),
+            rebalances,
+        }
+    }
+
     /// Replaces the known stored offsets.
     pub(crate) fn set_stored_offsets(&self, offsets: &HashMap<String, i64>) {
         if let Ok(mut stored) = self.stored.lock() {
@@ -127,10 +139,16 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => RebalanceEvent::Assigned(partitions(tpl)),
             Rebalance::Revoke(tpl) => RebalanceEvent::Revoked(partitions(tpl)),
             Rebalance::Error(err) => {
+                self.rebalances.with_label_values(&["failed"]).inc();
                 tracing::warn!(error = %err, "rebalance failed");
                 return;
             }
         };
+        let name = match event {
+            RebalanceEvent::Assigned(_) => "assigned",
+            RebalanceEvent::Revoked(_) => "revoked",
+        };
+        self.rebalances.with_label_values(&[name]).inc();
         tracing::info!(?event, "partitions rebalanced");
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
@@ -142,7 +160,7 @@ impl ConsumerContext for GroupContext {
 pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// A consumer subscribed to the three input topics.
-pub(crate) fn consumer(config: &Config) -> Result<GroupConsumer> {
+pub(crate) fn consumer(config: &Config, rebalances: IntCounterVec) -> Result<GroupConsumer> {
     use rdkafka::consumer::Consumer as _;
     let session = config.kafka_session_timeout_ms;
     let consumer: GroupConsumer = ClientConfig::new()
@@ -166,7 +184,7 @@ pub(crate) fn consumer(config: &Config) -> Result<GroupConsumer> {
         // latency (docs/benchmarks.md); against Kafka a fetch returns once data arrives, and
         // this only sets how often an idle consumer asks again.
         .set("fetch.wait.max.ms", "100")
-        .create_with_context(GroupContext::default())?;
+        .create_with_context(GroupContext::new(rebalances))?;
     let topics = config.topics();
     consumer.subscribe(&[&topics.sales, &topics.inventory, &topics.clients])?;
     Ok(consumer)

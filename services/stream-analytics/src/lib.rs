@@ -119,7 +119,7 @@ impl App {
         let metrics = Metrics::new("analytics")?;
         let analytics = AnalyticsMetrics::new(&metrics)?;
         let store = Store::connect(config.mongodb_url.expose(), &config.database).await?;
-        let consumer = Arc::new(kafka::consumer(&config)?);
+        let consumer = Arc::new(kafka::consumer(&config, analytics.rebalances.clone())?);
         let health = {
             let (db, kafka) = (store.clone(), consumer.clone());
             Health::new()

@@ -26,6 +26,8 @@ pub(crate) struct AnalyticsMetrics {
     pub(crate) store_errors: IntCounter,
     /// High watermark minus the next offset to process, per assigned partition.
     pub(crate) lag: IntGaugeVec,
+    /// Group rebalances seen by this consumer, by `event` (`assigned`, `revoked`, `failed`).
+    pub(crate) rebalances: IntCounterVec,
 }
 
 impl AnalyticsMetrics {
@@ -74,6 +76,14 @@ impl AnalyticsMetrics {
                     "Messages behind the high watermark, per assigned partition",
                 ),
                 &["topic", "partition"],
+            )?)?,
+            rebalances: m.register(IntCounterVec::new(
+                Opts::new(
+                    "analytics_rebalances_total",
+                    "Consumer group rebalances: partitions assigned to or revoked from this \
+                     consumer, or a rebalance that failed",
+                ),
+                &["event"],
             )?)?,
         })
     }

@@ -9,7 +9,7 @@ use sluice_testkit::{InProcess, OwnKafka, TestKafka, eventually};
 
 use crate::{
     data::{client_msgs, expected, inventory, inventory_msg, sale, sale_msg},
-    support::TestEnv,
+    support::{TestEnv, metric},
 };
 
 /// Waits until the service's `/health` answers `ok` (true) or not (false).
@@ -41,6 +41,7 @@ async fn broker_restarted_mid_run_then_results_are_exact() -> anyhow::Result<()>
     sluice_core::telemetry::init_json_logs("analytics-test");
     let app = App::build(env.config()).await?;
     let addr = app.local_addr();
+    let metrics = app.metrics().clone();
     let app = InProcess::spawn(|token| app.run(token));
     eventually("some sales stored", Duration::from_secs(60), || async {
         (env.sales_done().await.ok()? > 0).then_some(())
@@ -58,6 +59,13 @@ async fn broker_restarted_mid_run_then_results_are_exact() -> anyhow::Result<()>
     env.wait_exact(&expected(&sales, &products), Duration::from_secs(120))
         .await?;
     assert_eq!(env.sales_done().await?, SALES as i64, "each sale once");
+    // Whether the restarted broker ends the member's session varies from run to run, so only
+    // the first assignment is certain.
+    let assigned = r#"analytics_rebalances_total{event="assigned"}"#;
+    assert!(
+        metric(&metrics.render(), assigned) >= 1.0,
+        "{assigned} counts the first"
+    );
     app.stop(Duration::from_secs(20)).await??;
     Ok(())
 }
