@@ -162,13 +162,13 @@ impl Packed {
         for (k, s) in (keys.cells.iter()).filter_map(|k| Some((k, part.cells.get(k)?))) {
             out.cell(k, s);
         }
-        for (k, s) in (keys.spent.iter()).filter_map(|k| Some((k, part.spent.get(k)?))) {
+        for (k, s) in (keys.spent.keys()).filter_map(|k| Some((k, part.spent.get(k)?))) {
             out.spent(k, s);
         }
         for s in keys.inventory.iter().filter_map(|k| part.inventory.get(k)) {
             out.inventory(s);
         }
-        for s in keys.clients.iter().filter_map(|k| part.clients.get(k)) {
+        for s in keys.clients.keys().filter_map(|k| part.clients.get(k)) {
             out.client(s);
         }
         out

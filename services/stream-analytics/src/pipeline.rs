@@ -298,6 +298,8 @@ pub(crate) struct Pipeline {
     rebuild: bool,
     /// Partitions loaded so far, to tell a partition's loads apart.
     loads: u64,
+    /// Messages applied so far: the [`Arrival`](crate::state::Arrival) of the next one.
+    arrivals: u64,
     /// The minute of the clock at which every product's loss risk was last evaluated.
     risk_minute: i64,
     pending: usize,
@@ -366,6 +368,7 @@ impl Pipeline {
             rebuild: false,
             risk_minute: i64::MIN,
             loads: 0,
+            arrivals: 0,
             pending: 0,
             writes_stop: CancellationToken::new(),
             turn: Turn::default(),
@@ -621,7 +624,8 @@ impl Pipeline {
         }
         match model::parse(kind, msg.payload()) {
             Ok(input) => {
-                owned.state.apply(offset, input);
+                self.arrivals += 1;
+                owned.state.apply(offset, self.arrivals, input);
                 counted.inspect(|c| c.applied.inc());
             }
             Err(reason) => {

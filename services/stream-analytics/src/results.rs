@@ -27,8 +27,9 @@ pub(crate) const WINNERS: &str = "product_winners";
 pub(crate) const LOSS_RISK: &str = "loss_risk_products";
 pub(crate) const CLIENTS: &str = "clients";
 pub(crate) const ROLLUP: &str = "sales_by_category_minute";
-/// Every result collection.
-pub(crate) const COLLECTIONS: [&str; 4] = [WINNERS, LOSS_RISK, CLIENTS, ROLLUP];
+/// Every result collection, in the order a flush writes them: the few documents first,
+/// then `clients`, which holds one per client (nearly all of a steady flush's documents).
+pub(crate) const COLLECTIONS: [&str; 4] = [WINNERS, LOSS_RISK, ROLLUP, CLIENTS];
 
 /// The thresholds of the rules.
 #[derive(Debug, Clone)]
@@ -296,7 +297,7 @@ pub(crate) fn changes(
             stored.compare(LOSS_RISK, id.clone(), risk(id), &mut out);
         }
     }
-    for id in &affected.clients {
+    for id in affected.clients_oldest_first() {
         let known = view.spent.contains_key(id) || view.clients.contains_key(id);
         let d = known.then(|| client(view, rules, id));
         stored.compare(CLIENTS, id.clone(), d, &mut out);

@@ -220,7 +220,7 @@ fn incremental_changes_equal_a_full_computation() {
             } else {
                 offsets[p]
             };
-            parts[p].apply(offset, input);
+            parts[p].apply(offset, 0, input);
             offsets[p] = offsets[p].max(offset + 1);
         }
         let clock_moved = round % 25 == 0;
@@ -261,4 +261,44 @@ fn incremental_changes_equal_a_full_computation() {
         );
     }
     assert!(pruned > 0, "the clock moved past the rollup's retention");
+}
+
+/// A flush writes the clients' documents in the order their changes arrived, across
+/// partitions, not by id: "Z" changed first is written first, and a client changed twice keeps
+/// the place of its first change.
+#[test]
+fn client_documents_are_written_oldest_change_first() {
+    let sale = |client: &str| {
+        Input::Sale(Sale {
+            invoice_id: "I".into(),
+            client_id: client.to_owned().into(),
+            timestamp: now(),
+            total_amount: 100,
+            items: vec![LineItem {
+                product_id: "P".into(),
+                quantity: 1,
+            }],
+        })
+    };
+    let mut parts = [PartitionState::default(), PartitionState::default()];
+    for (arrival, (p, client)) in [(0, "Z"), (1, "A"), (0, "M"), (1, "Z"), (0, "B")]
+        .into_iter()
+        .enumerate()
+    {
+        let offset = parts[p].next;
+        parts[p].apply(offset, arrival as u64 + 1, sale(client));
+    }
+    let mut touched = Touched::default();
+    parts
+        .iter_mut()
+        .for_each(|p| touched.extend(p.mark_stored(0)));
+    let all: Vec<&PartitionState> = parts.iter().collect();
+    let mut view = View::default();
+    let affected = view.refresh(&touched, &all);
+    let changes = changes(&view, &affected, false, &rules(), now(), &Stored::default());
+    let written: Vec<&str> = (changes.iter())
+        .filter(|(name, _, _)| *name == CLIENTS)
+        .map(|(_, id, _)| id.as_str())
+        .collect();
+    assert_eq!(written, ["Z", "A", "M", "B"]);
 }

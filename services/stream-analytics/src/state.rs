@@ -73,14 +73,20 @@ impl KeyRef<Cell> for CellRef<'_> {
     }
 }
 
-/// Keys changed since the last write: what a flush writes, and what it derives again.
+/// When the pipeline took a message in: a count over every partition it consumes. A flush
+/// writes the clients' documents oldest change first, so a change waits for about one flush
+/// to become visible, not for up to a whole second one because of where its id sorts.
+pub(crate) type Arrival = u64;
+
+/// Keys changed since the last write: what a flush writes, and what it derives again. A
+/// client's keys also keep the [`Arrival`] of the first message that changed them since.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Touched {
     pub(crate) sold: HashSet<String>,
     pub(crate) cells: HashSet<Cell>,
-    pub(crate) spent: HashSet<String>,
+    pub(crate) spent: HashMap<String, Arrival>,
     pub(crate) inventory: HashSet<String>,
-    pub(crate) clients: HashSet<String>,
+    pub(crate) clients: HashMap<String, Arrival>,
 }
 
 impl Touched {
@@ -107,19 +113,26 @@ impl Touched {
         for p in parts {
             t.sold.extend(p.sold.keys().cloned());
             t.cells.extend(p.cells.keys().cloned());
-            t.spent.extend(p.spent.keys().cloned());
+            t.spent.extend(p.spent.keys().map(|k| (k.clone(), 0)));
             t.inventory.extend(p.inventory.keys().cloned());
-            t.clients.extend(p.clients.keys().cloned());
+            t.clients.extend(p.clients.keys().map(|k| (k.clone(), 0)));
         }
         t
     }
 
+    /// Adds `other`'s keys; a key in both keeps its earlier arrival.
     pub(crate) fn extend(&mut self, other: Self) {
         self.sold.extend(other.sold);
         self.cells.extend(other.cells);
-        self.spent.extend(other.spent);
         self.inventory.extend(other.inventory);
-        self.clients.extend(other.clients);
+        for (mine, theirs) in [
+            (&mut self.spent, other.spent),
+            (&mut self.clients, other.clients),
+        ] {
+            for (key, arrival) in theirs {
+                first_arrival(mine, key, arrival);
+            }
+        }
     }
 }
 
@@ -207,6 +220,23 @@ where
     }
 }
 
+/// Adds `key` with `arrival` to `map` unless it is there already: it keeps its first arrival.
+fn mark_arrival<Q>(map: &mut HashMap<String, Arrival>, key: &Q, arrival: Arrival)
+where
+    Q: KeyRef<String> + ?Sized,
+{
+    if !map.contains_key(key) {
+        map.insert(key.to_key(), arrival);
+    }
+}
+
+/// Records that `key` changed at `arrival`, keeping the earlier arrival if it is there.
+fn first_arrival(map: &mut HashMap<String, Arrival>, key: String, arrival: Arrival) {
+    map.entry(key)
+        .and_modify(|a| *a = (*a).min(arrival))
+        .or_insert(arrival);
+}
+
 /// True when `new` replaces `old` as a product's current record: the later movement wins,
 /// then the larger batch number, so the outcome never depends on arrival order.
 pub(crate) fn newer_inventory(new: &Inventory, old: &Inventory) -> bool {
@@ -242,13 +272,14 @@ impl PartitionState {
         self.next != self.stored_next || !self.touched.is_empty()
     }
 
-    /// Applies a valid message at `offset`; a replayed one changes nothing.
-    pub(crate) fn apply(&mut self, offset: i64, input: Input<'_>) {
+    /// Applies a valid message at `offset`, taken in at `arrival`; a replayed one changes
+    /// nothing.
+    pub(crate) fn apply(&mut self, offset: i64, arrival: Arrival, input: Input<'_>) {
         if !self.is_new(offset) {
             return;
         }
         match input {
-            Input::Sale(sale) => self.apply_sale(offset, sale),
+            Input::Sale(sale) => self.apply_sale(offset, arrival, sale),
             Input::Inventory(record) => {
                 let key = record.product_id.clone();
                 let changed = match self.inventory.entry(key.clone()) {
@@ -281,14 +312,14 @@ impl PartitionState {
                 if offset >= slot.next {
                     slot.next = offset + 1;
                     slot.value = record;
-                    self.touched.clients.insert(key);
+                    mark_arrival(&mut self.touched.clients, key.as_str(), arrival);
                 }
             }
         }
         self.advance(offset);
     }
 
-    fn apply_sale(&mut self, offset: i64, sale: Sale<'_>) {
+    fn apply_sale(&mut self, offset: i64, arrival: Arrival, sale: Sale<'_>) {
         let minute = sale.timestamp.timestamp().div_euclid(60);
         // One change per key and message: a product on two lines of an invoice adds both.
         let mut items = sale.items;
@@ -325,7 +356,7 @@ impl PartitionState {
             s.cents = s.cents.saturating_add(sale.total_amount);
             s.invoices += 1;
         }) {
-            mark(&mut self.touched.spent, client);
+            mark_arrival(&mut self.touched.spent, client, arrival);
         }
     }
 
@@ -390,9 +421,21 @@ pub(crate) struct Affected {
     pub(crate) winners: bool,
     /// Products whose record changed.
     pub(crate) products: BTreeSet<String>,
-    pub(crate) clients: BTreeSet<String>,
+    /// Clients, with the arrival of their earliest change.
+    pub(crate) clients: HashMap<String, Arrival>,
     /// (category, minute) cells of the rollup.
     pub(crate) rollup: BTreeSet<(String, i64)>,
+}
+
+impl Affected {
+    /// The affected clients, the one changed earliest first (ties by id): the order a flush
+    /// writes their documents in.
+    pub(crate) fn clients_oldest_first(&self) -> Vec<&String> {
+        let mut clients: Vec<(&String, Arrival)> =
+            self.clients.iter().map(|(id, &a)| (id, a)).collect();
+        clients.sort_unstable_by(|(a_id, a), (b_id, b)| a.cmp(b).then_with(|| a_id.cmp(b_id)));
+        clients.into_iter().map(|(id, _)| id).collect()
+    }
 }
 
 /// Every partition merged: what the results are computed from. Kept up to date key by key
@@ -505,7 +548,7 @@ impl View {
                 affected.rollup.insert((p.category.clone(), *minute));
             }
         }
-        for k in &touched.spent {
+        for (k, &arrival) in &touched.spent {
             let spent = sum(
                 parts,
                 |p| &p.spent,
@@ -516,12 +559,12 @@ impl View {
                 },
             );
             set(&mut self.spent, k, spent);
-            affected.clients.insert(k.clone());
+            first_arrival(&mut affected.clients, k.clone(), arrival);
         }
-        for k in &touched.clients {
+        for (k, &arrival) in &touched.clients {
             let record = latest(parts, |p| &p.clients, k, newer_client);
             set(&mut self.clients, k, record);
-            affected.clients.insert(k.clone());
+            first_arrival(&mut affected.clients, k.clone(), arrival);
         }
         for k in &touched.inventory {
             let record = latest(parts, |p| &p.inventory, k, newer_inventory);
@@ -573,9 +616,9 @@ mod tests {
     #[test]
     fn replays_change_nothing_and_same_product_lines_add_up() {
         let mut p = PartitionState::default();
-        p.apply(0, sale("C1", &[("P1", 2), ("P1", 3), ("P2", 1)], 500));
-        p.apply(0, sale("C1", &[("P1", 2)], 500));
-        p.apply(1, sale("C1", &[("P1", 1)], 100));
+        p.apply(0, 0, sale("C1", &[("P1", 2), ("P1", 3), ("P2", 1)], 500));
+        p.apply(0, 0, sale("C1", &[("P1", 2)], 500));
+        p.apply(1, 0, sale("C1", &[("P1", 1)], 100));
         assert_eq!(p.sold["P1"].value, 6);
         assert_eq!(p.cells[&(2, "P1".to_owned())].value, 6);
         assert_eq!(
@@ -597,22 +640,22 @@ mod tests {
             ..Default::default()
         };
         p.sold.insert("P1".into(), Slot::stored(10, 6));
-        p.apply(4, sale("C", &[("P1", 7), ("P2", 1)], 1));
-        p.apply(6, sale("C", &[("P1", 1)], 1));
+        p.apply(4, 0, sale("C", &[("P1", 7), ("P2", 1)], 1));
+        p.apply(6, 0, sale("C", &[("P1", 1)], 1));
         assert_eq!((p.sold["P1"].value, p.sold["P2"].value), (11, 1));
     }
 
     #[test]
     fn pruned_minutes_leave_the_rollup_and_late_sales_do_not_bring_them_back() {
         let mut p = PartitionState::default();
-        p.apply(0, sale_at(60, "C", &[("P1", 1)], 1)); // minute 1
-        p.apply(1, sale_at(180, "C", &[("P1", 2)], 1)); // minute 3
+        p.apply(0, 0, sale_at(60, "C", &[("P1", 1)], 1)); // minute 1
+        p.apply(1, 0, sale_at(180, "C", &[("P1", 2)], 1)); // minute 3
         assert_eq!(p.prune_cells(2), [(1, "P1".to_owned())]);
         assert!(!p.touched.cells.contains(&(1, "P1".to_owned())));
         assert_eq!(p.cells.keys().collect::<Vec<_>>(), [&(3, "P1".to_owned())]);
         // A late sale for a pruned minute still counts as units sold and spend, not in the
         // rollup; an earlier cut-off changes nothing.
-        p.apply(2, sale_at(61, "C", &[("P1", 5)], 1));
+        p.apply(2, 0, sale_at(61, "C", &[("P1", 5)], 1));
         assert_eq!((p.sold["P1"].value, p.spent["C"].value.invoices), (8, 3));
         assert!(!p.cells.contains_key(&(1, "P1".to_owned())));
         assert!(p.prune_cells(1).is_empty());

@@ -596,7 +596,7 @@ mod tests {
     async fn a_compaction_deletes_stored_cells_past_the_rollups_retention() -> anyhow::Result<()> {
         let (_mongo, store) = test_store().await?;
         let mut part = PartitionState::default();
-        part.apply(0, sale("C1", "P1", 2));
+        part.apply(0, 0, sale("C1", "P1", 2));
         save(&store, &mut part).await?;
         store.compact(TP, &mut part).await?;
         let (minute, _) = part.cells.keys().next().cloned().expect("a cell");
@@ -622,7 +622,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            part.apply(offset as i64, input);
+            part.apply(offset as i64, 0, input);
         }
         save(&store, &mut part).await?;
         let before = part.clone();
@@ -630,8 +630,8 @@ mod tests {
         assert_same(&loaded, &part, "from the log");
         assert_eq!(loaded.logged, 6, "sold, cell, 2 × spent, inventory, client");
 
-        part.apply(4, sale("C1", "P1", 5));
-        part.apply(5, record("P1", "B2"));
+        part.apply(4, 0, sale("C1", "P1", 5));
+        part.apply(5, 0, record("P1", "B2"));
         save(&store, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "from two log writes");
 
@@ -655,7 +655,7 @@ mod tests {
         // The next snapshot replaces the earlier ones, the stale writer's too once a load
         // has seen it (a process deletes only documents it read or wrote).
         let mut part = store.load(TP).await?;
-        part.apply(6, sale("C3", "P2", 1));
+        part.apply(6, 0, sale("C3", "P2", 1));
         save(&store, &mut part).await?;
         store.compact(TP, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "from the next snapshot");
@@ -679,7 +679,11 @@ mod tests {
             let v = doc! {"minute": m, "product": p, "units": s.value as i64};
             out.push(entry("cell", &format!("{m}|{p}"), s.next, v));
         }
-        for (c, s) in part.spent.iter().filter(|(k, _)| keys.spent.contains(*k)) {
+        for (c, s) in part
+            .spent
+            .iter()
+            .filter(|(k, _)| keys.spent.contains_key(*k))
+        {
             let v = doc! {"cents": s.value.cents, "invoices": s.value.invoices as i64};
             out.push(entry("spent", c, s.next, v));
         }
@@ -701,7 +705,7 @@ mod tests {
         for (c, s) in part
             .clients
             .iter()
-            .filter(|(k, _)| keys.clients.contains(*k))
+            .filter(|(k, _)| keys.clients.contains_key(*k))
         {
             let r = &s.value;
             let v = doc! {
@@ -718,9 +722,9 @@ mod tests {
     async fn state_stored_by_earlier_versions_still_loads_and_is_replaced() -> anyhow::Result<()> {
         let (mongo, store) = test_store().await?;
         let mut part = PartitionState::default();
-        part.apply(0, sale("C1", "P1", 2));
-        part.apply(1, record("P1", "B1"));
-        part.apply(2, client("C1"));
+        part.apply(0, 0, sale("C1", "P1", 2));
+        part.apply(1, 0, record("P1", "B1"));
+        part.apply(2, 0, client("C1"));
         // Before 2026-12-06: one `analytics_state` document per key.
         let state = mongo.database().collection::<Document>(STATE);
         for mut d in keys_as_before(&part, &Touched::all(&[&part])) {
@@ -735,12 +739,12 @@ mod tests {
             let (id, next) = (format!("{TP}|{}|{nonce}|0", part.next), part.next);
             doc! {"_id": id, "tp": TP, "next": next, "entries": keys_as_before(part, keys)}
         };
-        part.apply(3, sale("C2", "P1", 1));
+        part.apply(3, 0, sale("C2", "P1", 1));
         let log = mongo.database().collection::<Document>(LOG);
         assert_eq!(part.touched.len(), 3, "sold, cell, spent");
         log.insert_one(as_before(&part, &part.touched, 0)).await?;
         part.mark_stored(3);
-        part.apply(4, client("C2"));
+        part.apply(4, 0, client("C2"));
         state
             .insert_one(as_before(&part, &Touched::all(&[&part]), 1))
             .await?;
@@ -754,7 +758,7 @@ mod tests {
 
         // Packed entries, newer, for keys stored in the earlier layouts.
         let mut part = loaded;
-        part.apply(5, sale("C1", "P1", 1));
+        part.apply(5, 0, sale("C1", "P1", 1));
         save(&store, &mut part).await?;
         assert_same(&store.load(TP).await?, &part, "packed over earlier layouts");
         store.compact(TP, &mut part).await?;
@@ -787,7 +791,7 @@ mod tests {
     #[test]
     fn a_damaged_entry_is_an_error_that_names_it() {
         let mut part = PartitionState::default();
-        part.apply(0, sale("C1", "P1", 2));
+        part.apply(0, 0, sale("C1", "P1", 2));
         let packed = Packed::all(&part);
         let chunk = &packed.chunks()[0];
         let mut loaded = PartitionState::default();
