@@ -119,8 +119,10 @@ fn check(input: &Input<'_>) -> Result<(), String> {
             if s.items.is_empty() {
                 return Err("bad field: `items` is empty".into());
             }
-            for (i, item) in s.items.iter().enumerate() {
-                empty(&format!("items[{i}].product_id"), &item.product_id)?;
+            // The field's name is formatted only for the error: three allocations per sale
+            // were a tenth of the consuming loop's CPU under a backlog.
+            if let Some(i) = (s.items.iter()).position(|item| item.product_id.trim().is_empty()) {
+                return Err(format!("bad field: `items[{i}].product_id` is empty"));
             }
         }
         Input::Inventory(p) => {
@@ -337,6 +339,10 @@ mod tests {
             (
                 r#"{"invoice_id":"I","client_id":"C","timestamp":"soon","total_amount":1,"items":[{"product_id":"P","quantity":1}]}"#,
                 "date-time",
+            ),
+            (
+                r#"{"invoice_id":"I","client_id":"C","timestamp":"2025-01-01T00:00:00Z","total_amount":1,"items":[{"product_id":"P","quantity":1},{"product_id":" ","quantity":1}]}"#,
+                "`items[1].product_id` is empty",
             ),
         ];
         for (json, why) in bad {
