@@ -459,11 +459,15 @@ fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
     };
     match d.get_str("k").unwrap_or_default() {
         "sold" => {
-            merge(&mut part.sold, key, Slot::stored(uint("units")?, next));
+            merge(
+                &mut part.sold,
+                key.into(),
+                Slot::stored(uint("units")?, next),
+            );
         }
         "cell" => {
             let minute = field(v.get_i64("minute"), "minute")?;
-            let cell = (minute, text("product")?);
+            let cell = (minute, text("product")?.into());
             merge(&mut part.cells, cell, Slot::stored(uint("units")?, next));
         }
         "spent" => {
@@ -471,7 +475,7 @@ fn read_key(part: &mut PartitionState, d: &Document) -> Result<()> {
                 cents: field(v.get_i64("cents"), "cents")?,
                 invoices: uint("invoices")?,
             };
-            merge(&mut part.spent, key, Slot::stored(spent, next));
+            merge(&mut part.spent, key.into(), Slot::stored(spent, next));
         }
         "inv" => {
             let record = Inventory {
@@ -676,7 +680,7 @@ mod tests {
             out.push(entry("sold", p, s.next, doc! {"units": s.value as i64}));
         }
         for ((m, p), s) in part.cells.iter().filter(|(k, _)| keys.cells.contains(*k)) {
-            let v = doc! {"minute": m, "product": p, "units": s.value as i64};
+            let v = doc! {"minute": m, "product": p.as_str(), "units": s.value as i64};
             out.push(entry("cell", &format!("{m}|{p}"), s.next, v));
         }
         for (c, s) in part
