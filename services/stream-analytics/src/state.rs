@@ -323,7 +323,7 @@ impl PartitionState {
                 if offset >= slot.next {
                     slot.next = offset + 1;
                     slot.value = record;
-                    mark_arrival(&mut self.touched.clients, key.as_str(), arrival);
+                    self.touched.clients.entry(key).or_insert(arrival);
                 }
             }
         }
