@@ -29,7 +29,9 @@ use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
 use mongodb::{
     Client, Database,
-    bson::{self, Binary, Bson, Document, RawDocumentBuf, doc, rawdoc, spec::BinarySubtype},
+    bson::{
+        self, Binary, Bson, Document, RawArrayBuf, RawDocumentBuf, doc, rawdoc, spec::BinarySubtype,
+    },
 };
 
 use crate::{
@@ -338,17 +340,19 @@ impl Store {
                 .filter(|(c, _, _)| *c == name)
                 .filter_map(|(_, id, d)| Some((id, d.as_ref()?)))
                 .collect();
+            // Built as raw BSON, the documents' bytes copied as they are: through `Document`
+            // each one was parsed, cloned into the command and encoded again, ~10 % of the
+            // service's CPU under a backlog, and a flush's last writes waited for it.
             for chunk in upserts.chunks(CHUNK) {
-                let mut stmts = Vec::with_capacity(chunk.len());
+                let mut updates = RawArrayBuf::new();
                 for (id, raw) in chunk {
-                    let mut u = raw.to_document().map_err(|e| Error::Stored {
-                        id: (*id).clone(),
-                        reason: format!("result document unreadable: {e}"),
-                    })?;
-                    u.insert("updated_at", now);
-                    stmts.push(doc! {"q": {"_id": *id}, "u": u, "upsert": true});
+                    let mut u = (*raw).clone();
+                    u.append("updated_at", now);
+                    updates.push(rawdoc! {"q": {"_id": id.as_str()}, "u": u, "upsert": true});
                 }
-                self.upsert(name, stmts).await?;
+                let command = rawdoc! {"update": name, "updates": updates, "ordered": false};
+                let reply = self.db.run_raw_command(command).await?;
+                check_write_errors(name, &reply)?;
             }
             let deletes: Vec<Document> = changes
                 .iter()

@@ -260,8 +260,14 @@ impl Kafka {
     }
 
     /// The ceiling: reads `n` messages of `topic` from the start, touching each payload.
-    /// Returns the time to the first message (the group join) and to the last.
-    fn raw_consume(&self, topic: &str, n: u64) -> anyhow::Result<(Duration, Duration)> {
+    /// Returns the time to the first message (the group join) and to the last, and where the
+    /// CPU of the machine and of `watch` went in between.
+    fn raw_consume(
+        &self,
+        topic: &str,
+        n: u64,
+        watch: &[(String, Vec<u32>)],
+    ) -> anyhow::Result<(Duration, Duration, String)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("{topic}-raw"))
@@ -272,6 +278,7 @@ impl Kafka {
         consumer.subscribe(&[topic])?;
         let started = Instant::now();
         let (mut count, mut bytes, mut joined) = (0u64, 0usize, Duration::ZERO);
+        let mut first = CpuUse::now(watch);
         while count < n {
             if started.elapsed() > Duration::from_secs(900) {
                 bail!("raw consume: {count}/{n} after 900 s");
@@ -280,6 +287,7 @@ impl Kafka {
                 Some(Ok(m)) => {
                     if count == 0 {
                         joined = started.elapsed();
+                        first = CpuUse::now(watch);
                     }
                     bytes += m.payload().map_or(0, <[u8]>::len);
                     count += 1;
@@ -289,8 +297,101 @@ impl Kafka {
             }
         }
         std::hint::black_box(bytes);
-        Ok((joined, started.elapsed()))
+        let took = started.elapsed();
+        Ok((joined, took, CpuUse::now(watch).since(&first)))
     }
+}
+
+/// CPU time a process has used (user and system, all its threads), seconds.
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    // Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses, in clock
+    // ticks (100 a second on Linux).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Processes whose command name is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// The servers the benchmark runs against, by command name, when they run on this machine.
+const SERVERS: [(&str, &str); 2] = [("tansu", "tansu"), ("SecantusDB", "secantusd-rs")];
+
+/// Where the machine's CPU went: its busy time and that of each process watched, seconds.
+#[derive(Debug, Clone)]
+struct CpuUse {
+    at: Instant,
+    busy: f64,
+    processes: Vec<(String, f64)>,
+}
+
+impl CpuUse {
+    /// The machine's busy time now (`/proc/stat`), and each of `processes`' (label, pids).
+    fn now(processes: &[(String, Vec<u32>)]) -> Self {
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.strip_prefix("cpu ")?.to_owned();
+                // user nice system idle iowait irq softirq steal: all but idle and iowait.
+                let ticks: Vec<f64> = line
+                    .split_whitespace()
+                    .take(8)
+                    .filter_map(|t| t.parse().ok())
+                    .collect();
+                let idle = ticks.get(3)? + ticks.get(4)?;
+                Some((ticks.iter().sum::<f64>() - idle) / 100.0)
+            })
+            .unwrap_or(0.0);
+        let processes = (processes.iter())
+            .map(|(label, pids)| {
+                let secs = pids.iter().filter_map(|&p| process_cpu_secs(p)).sum();
+                (label.clone(), secs)
+            })
+            .collect();
+        Self {
+            at: Instant::now(),
+            busy,
+            processes,
+        }
+    }
+
+    /// What was used since `before`: cores busy on average, and each process's CPU seconds.
+    fn since(&self, before: &Self) -> String {
+        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
+        let mut out = format!(
+            "{:.2} of {} cores busy over {wall:.1} s",
+            (self.busy - before.busy) / wall,
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+        );
+        for ((label, now), (_, then)) in self.processes.iter().zip(&before.processes) {
+            out.push_str(&format!("; {label} {:.2} s CPU", now - then));
+        }
+        out
+    }
+}
+
+/// The servers of [`SERVERS`] found on this machine, with `more`.
+fn watched(more: &[(&str, u32)]) -> Vec<(String, Vec<u32>)> {
+    let mut all: Vec<(String, Vec<u32>)> = (more.iter())
+        .map(|&(label, pid)| (label.to_owned(), vec![pid]))
+        .collect();
+    for (label, name) in SERVERS {
+        let pids = pids_named(name);
+        if !pids.is_empty() {
+            all.push((label.to_owned(), pids));
+        }
+    }
+    all
 }
 
 /// The service as a child process.
@@ -371,17 +472,7 @@ impl Service {
 
     /// CPU time the service has used (user and system, all its threads), seconds.
     fn cpu_secs(&self) -> f64 {
-        // Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses, in
-        // clock ticks (100 a second on Linux).
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1;
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-                Some((ticks(11)? + ticks(12)?) / 100.0)
-            })
-            .unwrap_or(0.0)
+        process_cpu_secs(self.pid).unwrap_or(0.0)
     }
 
     /// Sales whose results the service has stored: the offsets its group committed to Kafka,
@@ -449,6 +540,8 @@ struct Done {
     applied_all: Option<Duration>,
     /// The service's CPU time from its first applied sale to every result stored, seconds.
     cpu_secs: f64,
+    /// Where the machine's CPU went over that time.
+    machine: Option<String>,
 }
 
 /// Waits until the service has stored the results of `n` sales; progress every 2 s.
@@ -462,6 +555,8 @@ async fn wait_done(
     let mut shown = Instant::now();
     let mut peak: f64 = 0.0;
     let (mut consuming, mut applied_all, mut cpu_at_first) = (None, None, 0.0);
+    let watch = watched(&[("sluice-analytics", service.pid)]);
+    let mut machine_at_first = None;
     loop {
         if applied_all.is_none()
             && let Some(applied) = service.applied_sales(sales_topic).await
@@ -469,6 +564,7 @@ async fn wait_done(
             if consuming.is_none() && applied > 0.0 {
                 consuming = Some(started.elapsed());
                 cpu_at_first = service.cpu_secs();
+                machine_at_first = Some(CpuUse::now(&watch));
             }
             if applied >= n as f64 {
                 applied_all = Some(started.elapsed());
@@ -482,6 +578,7 @@ async fn wait_done(
                 consuming,
                 applied_all,
                 cpu_secs: service.cpu_secs() - cpu_at_first,
+                machine: (machine_at_first.as_ref()).map(|then| CpuUse::now(&watch).since(then)),
             });
         }
         if started.elapsed() > limit {
@@ -690,8 +787,9 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     println!("   produced in {:.1} s", took.as_secs_f64());
     let sales_topic = names.topic("topic-raw-sales");
-    let (joined, raw) =
-        tokio::task::block_in_place(|| kafka.raw_consume(&sales_topic, args.sales))?;
+    let watch = watched(&[("the loop", std::process::id())]);
+    let (joined, raw, machine) =
+        tokio::task::block_in_place(|| kafka.raw_consume(&sales_topic, args.sales, &watch))?;
     let raw_rate = args.sales as f64 / raw.as_secs_f64();
     let raw_sustained = args.sales as f64 / (raw - joined).as_secs_f64().max(1e-3);
     println!(
@@ -701,6 +799,7 @@ async fn main() -> anyhow::Result<()> {
         joined.as_secs_f64(),
         raw_sustained
     );
+    println!("   the machine from its first message to its last: {machine}");
     let db = mongo.database(&names.database);
     let started = Instant::now();
     let service = Service::start(&args, &names).await?;
@@ -749,6 +848,9 @@ async fn main() -> anyhow::Result<()> {
             (took - at).as_secs_f64(),
             1e6 * done.cpu_secs / args.sales as f64,
         );
+        if let Some(machine) = &done.machine {
+            println!("   the machine over those seconds: {machine}");
+        }
     }
 
     let mut produced = args.sales;

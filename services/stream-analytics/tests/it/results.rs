@@ -23,9 +23,26 @@ async fn inventory_first_gives_exact_results() -> anyhow::Result<()> {
     let (app, _) = start(env.config()).await?;
     env.wait_exact(&expected(&sales, &products), Duration::from_secs(60))
         .await?;
+    // The dashboard notices a changed collection by its latest `updated_at`.
+    for name in RESULTS {
+        for (id, d) in env.docs(name).await? {
+            assert!(
+                d.get_datetime("updated_at").is_ok(),
+                "{name} {id} has no updated_at date: {d}"
+            );
+        }
+    }
     app.stop(Duration::from_secs(20)).await??;
     Ok(())
 }
+
+/// The result collections.
+const RESULTS: [&str; 4] = [
+    "product_winners",
+    "loss_risk_products",
+    "clients",
+    "sales_by_category_minute",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sales_before_their_inventory_count_once_it_arrives() -> anyhow::Result<()> {
@@ -58,14 +75,10 @@ async fn sales_before_their_inventory_count_once_it_arrives() -> anyhow::Result<
 /// Every document of every collection, `updated_at` included.
 async fn snapshot(env: &TestEnv) -> anyhow::Result<Vec<BTreeMap<String, Document>>> {
     let mut all = Vec::new();
-    for name in [
-        "product_winners",
-        "loss_risk_products",
-        "clients",
-        "sales_by_category_minute",
-        "analytics_state",
-        "analytics_offsets",
-    ] {
+    for name in RESULTS
+        .iter()
+        .chain(&["analytics_state", "analytics_offsets"])
+    {
         all.push(env.docs(name).await?);
     }
     Ok(all)
