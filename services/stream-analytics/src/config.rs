@@ -51,6 +51,11 @@ pub struct Config {
     pub rollup_retention_hours: u64,
     /// Kafka session timeout, ms: how soon a dead replica's partitions move.
     pub kafka_session_timeout_ms: u64,
+    /// Longest time the consumer may go without taking a message, ms (librdkafka's
+    /// `max.poll.interval.ms`): past it, as while MongoDB is down and consuming waits, the
+    /// replica leaves the group (its partitions go to the others) and joins again once it
+    /// consumes. At least the session timeout.
+    pub kafka_max_poll_interval_ms: u64,
     /// Fixed "now" (RFC 3339) for expiry and movement rules; unset = the system clock.
     pub now: Option<String>,
     /// Products in `product_winners`.
@@ -87,6 +92,7 @@ impl Default for Config {
             rollup_retention_hours: 168,
             compact_after_entries: 500_000,
             kafka_session_timeout_ms: 10_000,
+            kafka_max_poll_interval_ms: 300_000,
             now: None,
             top_products: 10,
             expiry_window_days: 7,
@@ -169,6 +175,13 @@ impl Config {
             if value == 0 {
                 return Err(invalid(name, "must be at least 1"));
             }
+        }
+        // librdkafka refuses to create the consumer otherwise, with its own setting's name.
+        if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms {
+            return Err(invalid(
+                "SLUICE_ANALYTICS_KAFKA_MAX_POLL_INTERVAL_MS",
+                "must be at least SLUICE_ANALYTICS_KAFKA_SESSION_TIMEOUT_MS",
+            ));
         }
         if self.expiry_window_days < 0 || self.stale_movement_days < 0 {
             return Err(invalid(
@@ -290,6 +303,22 @@ mod tests {
         };
         let err = config.validate().expect_err("invalid");
         assert!(err.to_string().contains("SLUICE_ANALYTICS_NOW"), "{err}");
+    }
+
+    #[test]
+    fn a_poll_interval_shorter_than_the_session_names_its_setting() {
+        let err = Config {
+            kafka_session_timeout_ms: 10_000,
+            kafka_max_poll_interval_ms: 9_999,
+            ..Config::default()
+        }
+        .validate()
+        .expect_err("shorter than the session");
+        assert!(
+            err.to_string()
+                .contains("SLUICE_ANALYTICS_KAFKA_MAX_POLL_INTERVAL_MS"),
+            "{err}"
+        );
     }
 
     #[test]

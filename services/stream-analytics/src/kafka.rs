@@ -171,6 +171,10 @@ pub(crate) fn consumer(config: &Config, rebalances: IntCounterVec) -> Result<Gro
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session.to_string())
         .set("heartbeat.interval.ms", (session / 4).max(100).to_string())
+        .set(
+            "max.poll.interval.ms",
+            config.kafka_max_poll_interval_ms.to_string(),
+        )
         // Prefetched messages at most, for the whole consumer: librdkafka's default (64 MiB).
         // 8 MiB halved the rate from a backlog (the fetcher stalled while a flush's writes
         // held consumption back) for ~50 MiB less resident memory (docs/benchmarks.md).
