@@ -30,6 +30,21 @@ fn mongo_addr(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(host_port.parse()?)
 }
 
+/// MongoDB's URL through `proxy`, giving up on the server within a second.
+fn url_through(proxy: &FaultProxy) -> Secret<String> {
+    Secret::new(format!(
+        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
+        proxy.addr()
+    ))
+}
+
+async fn some_sales_stored(env: &TestEnv) -> anyhow::Result<()> {
+    eventually("some sales stored", Duration::from_secs(60), || async {
+        (env.sales_done().await.ok()? > 0).then_some(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result<()> {
     let env = TestEnv::create().await?;
@@ -40,16 +55,10 @@ async fn mongodb_down_for_10_s_pauses_then_results_are_exact() -> anyhow::Result
     let mut config = env.config();
     // No bound on messages: what stops consuming during the outage is the failure itself.
     config.flush_batch_size = 1_000_000;
-    config.mongodb_url = Secret::new(format!(
-        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
-        proxy.addr()
-    ));
+    config.mongodb_url = url_through(&proxy);
     let config_topics = config.topics();
     let (app, metrics) = start(config).await?;
-    eventually("some sales stored", Duration::from_secs(60), || async {
-        (env.sales_done().await.ok()? > 0).then_some(())
-    })
-    .await?;
+    some_sales_stored(&env).await?;
     proxy.refuse();
     let down_at = Instant::now();
     let errors = metric(&metrics.render(), "analytics_store_errors_total");
@@ -114,15 +123,9 @@ async fn mongodb_down_past_the_poll_interval_then_consuming_resumes_exactly() ->
     // The shortest librdkafka allows: the session timeout.
     config.kafka_max_poll_interval_ms = config.kafka_session_timeout_ms;
     let poll_interval = Duration::from_millis(config.kafka_max_poll_interval_ms);
-    config.mongodb_url = Secret::new(format!(
-        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
-        proxy.addr()
-    ));
+    config.mongodb_url = url_through(&proxy);
     let (app, metrics) = start(config).await?;
-    eventually("some sales stored", Duration::from_secs(60), || async {
-        (env.sales_done().await.ok()? > 0).then_some(())
-    })
-    .await?;
+    some_sales_stored(&env).await?;
     proxy.refuse();
     let down_at = Instant::now();
     let stored_during = env.sales_done().await?;
