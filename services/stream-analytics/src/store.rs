@@ -247,11 +247,11 @@ impl Store {
                 .await?;
         }
         let (topic, partition) = tp.rsplit_once('|').unwrap_or((tp, "0"));
-        let offset = doc! {
+        let offset = rawdoc! {
             "_id": tp, "topic": topic, "partition": partition.parse::<i32>().unwrap_or(0),
             "next": next, "updated_at": crate::model::bson_time(Utc::now()),
         };
-        let stmt = doc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": offset, "upsert": true};
+        let stmt = rawdoc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": offset, "upsert": true};
         self.upsert(OFFSETS, vec![stmt]).await?;
         Ok(written)
     }
@@ -283,8 +283,8 @@ impl Store {
     /// partition's head to it, unless a later one is stored. What the snapshot covers can be
     /// deleted from then on ([`Store::delete`]).
     pub(crate) async fn set_head(&self, tp: &str, next: i64) -> Result<()> {
-        let head = doc! {"_id": tp, "tp": tp, "next": next};
-        let stmt = doc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": head, "upsert": true};
+        let head = rawdoc! {"_id": tp, "tp": tp, "next": next};
+        let stmt = rawdoc! {"q": {"_id": tp, "next": {"$lt": next}}, "u": head, "upsert": true};
         self.upsert(HEADS, vec![stmt]).await
     }
 
@@ -303,12 +303,19 @@ impl Store {
 
     /// Runs `update` statements in chunks; a duplicate `_id` on a conditional upsert means the
     /// stored document is newer, which is not an error.
-    async fn upsert(&self, collection: &str, stmts: Vec<Document>) -> Result<()> {
-        for chunk in stmts.chunks(CHUNK) {
-            let reply = self
-                .db
-                .run_command(doc! {"update": collection, "updates": chunk, "ordered": false})
-                .await?;
+    ///
+    /// The command is built as raw BSON, the statements' bytes copied as they are: through
+    /// `Document` each result document was parsed, cloned into the command and encoded again,
+    /// ~10 % of the service's CPU under a backlog, and a flush's last writes waited for it.
+    async fn upsert(&self, collection: &str, stmts: Vec<RawDocumentBuf>) -> Result<()> {
+        let mut stmts = stmts.into_iter().peekable();
+        while stmts.peek().is_some() {
+            let mut updates = RawArrayBuf::new();
+            for stmt in stmts.by_ref().take(CHUNK) {
+                updates.push(stmt);
+            }
+            let command = rawdoc! {"update": collection, "updates": updates, "ordered": false};
+            let reply = self.db.run_raw_command(command).await?;
             check_write_errors(collection, &reply)?;
         }
         Ok(())
@@ -340,20 +347,14 @@ impl Store {
                 .filter(|(c, _, _)| *c == name)
                 .filter_map(|(_, id, d)| Some((id, d.as_ref()?)))
                 .collect();
-            // Built as raw BSON, the documents' bytes copied as they are: through `Document`
-            // each one was parsed, cloned into the command and encoded again, ~10 % of the
-            // service's CPU under a backlog, and a flush's last writes waited for it.
-            for chunk in upserts.chunks(CHUNK) {
-                let mut updates = RawArrayBuf::new();
-                for (id, raw) in chunk {
-                    let mut u = (*raw).clone();
+            let stmts = (upserts.into_iter())
+                .map(|(id, raw)| {
+                    let mut u = raw.clone();
                     u.append("updated_at", now);
-                    updates.push(rawdoc! {"q": {"_id": id.as_str()}, "u": u, "upsert": true});
-                }
-                let command = rawdoc! {"update": name, "updates": updates, "ordered": false};
-                let reply = self.db.run_raw_command(command).await?;
-                check_write_errors(name, &reply)?;
-            }
+                    rawdoc! {"q": {"_id": id.as_str()}, "u": u, "upsert": true}
+                })
+                .collect();
+            self.upsert(name, stmts).await?;
             let deletes: Vec<Document> = changes
                 .iter()
                 .filter(|(c, _, d)| *c == name && d.is_none())
