@@ -162,8 +162,18 @@ pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
 /// A consumer subscribed to the three input topics.
 pub(crate) fn consumer(config: &Config, rebalances: IntCounterVec) -> Result<GroupConsumer> {
     use rdkafka::consumer::Consumer as _;
+    let consumer: GroupConsumer =
+        consumer_config(config).create_with_context(GroupContext::new(rebalances))?;
+    let topics = config.topics();
+    consumer.subscribe(&[&topics.sales, &topics.inventory, &topics.clients])?;
+    Ok(consumer)
+}
+
+/// The group consumer's librdkafka settings.
+fn consumer_config(config: &Config) -> ClientConfig {
     let session = config.kafka_session_timeout_ms;
-    let consumer: GroupConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", &config.kafka_brokers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
@@ -187,11 +197,8 @@ pub(crate) fn consumer(config: &Config, rebalances: IntCounterVec) -> Result<Gro
         // 10,000 sales/s, the default added about 150 ms to the median produce-to-visible
         // latency (docs/benchmarks.md); against Kafka a fetch returns once data arrives, and
         // this only sets how often an idle consumer asks again.
-        .set("fetch.wait.max.ms", "100")
-        .create_with_context(GroupContext::new(rebalances))?;
-    let topics = config.topics();
-    consumer.subscribe(&[&topics.sales, &topics.inventory, &topics.clients])?;
-    Ok(consumer)
+        .set("fetch.wait.max.ms", "100");
+    client
 }
 
 /// The producer of dead letters: every one acknowledged by all in-sync replicas.
@@ -254,4 +261,22 @@ pub(crate) async fn dead_letter(
             offset: msg.offset(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_group_timeouts_come_from_the_settings() {
+        let config = Config {
+            kafka_session_timeout_ms: 6_000,
+            kafka_max_poll_interval_ms: 7_000,
+            ..Config::default()
+        };
+        let client = consumer_config(&config);
+        assert_eq!(client.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(client.get("heartbeat.interval.ms"), Some("1500"));
+        assert_eq!(client.get("max.poll.interval.ms"), Some("7000"));
+    }
 }
